@@ -1,0 +1,59 @@
+# Every target runs inside a project-local virtualenv that it builds itself when missing or
+# when requirements change. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON_BASE ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED_DATA := ../shared/datasets/dog_emotion
+DATA ?= data/dog_emotion
+WEIGHTS ?= weights/dog_emotion.pkl
+RAW ?=
+OUT ?= artifacts/prepared_data
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv data train train-quick sizes eda prepare-data evaluate test clean
+
+help: ## list every target with one line each
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  variables: DATA=<split root> (default $(DATA)), WEIGHTS=<.pkl>, ARGS='<extra CLI options>'"
+
+$(STAMP): requirements.txt requirements.lock
+	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
+	touch $@
+
+venv: $(STAMP) ## create/refresh the virtualenv (.venv) with the pinned packages
+
+# The default data set is linked, never copied; DATA=... points anywhere else.
+data/dog_emotion:
+	@if [ -d $(SHARED_DATA) ]; then mkdir -p data && ln -sfn ../$(SHARED_DATA) data/dog_emotion && echo "linked data/dog_emotion -> $(SHARED_DATA)"; \
+	else echo "note: $(SHARED_DATA) not found; pass DATA=<your copy> (see README, 'Bring your own data')"; fi
+
+data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emotion) to data/dog_emotion
+
+train: $(STAMP) data ## train the shipped model from scratch (about 11 min on 2 cores) -> artifacts/train/
+	$(PY) -m train.dog_emotion train --data $(DATA) $(ARGS)
+
+train-quick: $(STAMP) data ## a 30-epoch run of the shipped config for trying things (~2 min) -> artifacts/train-quick/
+	$(PY) -m train.dog_emotion train --data $(DATA) --epochs 30 --out artifacts/train-quick $(ARGS)
+
+sizes: $(STAMP) data ## train every model size of README's trade-off table, 1 thread each, 2 at a time
+	$(PY) -m train.model_sizes --data $(DATA) $(ARGS)
+
+evaluate: $(STAMP) data ## accuracy of WEIGHTS on the test split of DATA (last line: JSON)
+	$(PY) -m train.dog_emotion evaluate --data $(DATA) --weights $(WEIGHTS) $(ARGS)
+
+eda: $(STAMP) data ## exploratory analysis of DATA -> artifacts/eda/ (PNGs + summary.md)
+	$(PY) -m train.eda --data $(DATA) $(ARGS)
+
+prepare-data: $(STAMP) ## RAW=<Kaggle download> -> deduplicated, split copy in OUT (default artifacts/prepared_data)
+	@test -n "$(RAW)" || { echo "usage: make prepare-data RAW=<folder with one subfolder per class> [OUT=...]"; exit 2; }
+	$(PY) -m train.prepare_data --raw $(RAW) --out $(OUT) $(ARGS)
+
+test: $(STAMP) data ## run the test suite (pytest, under 10 minutes)
+	$(PY) -m pytest -q tests $(ARGS)
+
+clean: ## remove generated files (artifacts/), keep the venv and weights/
+	rm -rf artifacts

@@ -1,0 +1,87 @@
+"""The shipped weights format (.pkl) and its safe loader.
+
+A weights file is `torch.save` of a plain dict of tensors, strings, numbers and lists:
+{"format", "arch", "config", "classes", "params", "state_dict", "preprocess", "metrics"}.
+Only `torch.load(..., weights_only=True)` ever reads it, so a file that needs arbitrary objects
+unpickled is refused instead of executed.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from mobile_model import MobileCNN, ModelConfig, count_parameters
+from train.common import save_torch
+from train.data import preprocess_spec
+
+FORMAT = "dog-emotion-weights/1"
+ARCH = "MobileCNN"
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def safe_load(path: str | Path) -> dict:
+    """torch.load with weights_only=True and errors that name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused: the file needs unpickling of objects that are not "
+                              f"plain tensors/containers, so it was not loaded ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable torch file ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def save_weights(model: MobileCNN, classes: list[str], path: str | Path, metrics: dict | None = None) -> Path:
+    return save_torch({
+        "format": FORMAT,
+        "arch": ARCH,
+        "config": model.config.to_dict(),
+        "classes": list(classes),
+        "params": count_parameters(model),
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "preprocess": preprocess_spec(model.config.input_size),
+        "metrics": metrics or {},
+    }, path)
+
+
+def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[MobileCNN, dict]:
+    """Rebuild the model stored in `path`; refuse files of another architecture or config."""
+    ckpt = safe_load(path)
+    if ckpt.get("arch") != ARCH or "config" not in ckpt or "state_dict" not in ckpt:
+        found = ckpt.get("arch") or ("a bare state_dict" if all(isinstance(v, torch.Tensor) for v in ckpt.values())
+                                     else f"keys {sorted(ckpt)[:6]}")
+        raise CheckpointError(f"{path}: not a {ARCH} weights file (found {found}); "
+                              f"expected a file written by `python -m train.dog_emotion train`")
+    config = ModelConfig.from_dict(ckpt["config"])
+    if expect is not None and config != expect:
+        raise CheckpointError(f"{path}: holds config {config}, but {expect} was asked for")
+    model = MobileCNN(config)
+    missing, unexpected = _key_mismatch(model.state_dict(), ckpt["state_dict"])
+    if missing or unexpected or _shape_mismatch(model.state_dict(), ckpt["state_dict"]):
+        raise CheckpointError(f"{path}: weights do not fit the stored config {config} "
+                              f"(missing {missing[:4]}, unexpected {unexpected[:4]}, "
+                              f"shape mismatches {_shape_mismatch(model.state_dict(), ckpt['state_dict'])[:4]})")
+    model.load_state_dict(ckpt["state_dict"])
+    if ckpt.get("params") not in (None, count_parameters(model)):
+        raise CheckpointError(f"{path}: says {ckpt['params']} parameters but the model has {count_parameters(model)}")
+    model.eval()
+    return model, ckpt
+
+
+def _key_mismatch(expected: dict, found: dict) -> tuple[list, list]:
+    return sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+
+
+def _shape_mismatch(expected: dict, found: dict) -> list[str]:
+    return [f"{k}: {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+            if k in found and tuple(found[k].shape) != tuple(v.shape)]

@@ -1,0 +1,289 @@
+"""Dog-emotion data: finding images, decoding them safely, the decode-once cache, batch augmentation.
+
+Training decodes every JPEG once, resizes it to a square *storage* size slightly larger than the
+model input, and keeps the whole split as one uint8 tensor (N, 3, S, S), cached on disk under a
+key made from the files' bytes. Augmentation then runs on whole batches with `affine_grid` /
+`grid_sample`, which is what makes a 2-core CPU epoch take seconds instead of tens of seconds.
+
+`preprocess` is the one definition of inference preprocessing (resize shorter side to S, centre
+crop S, centre crop the model's input size, normalise); evaluation, prediction and export use it.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from train.common import REPO_ROOT, progress, save_torch, warn
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+MIN_SIDE = 32          # smaller images hold too little to classify at 64 px: skipped, with a warning
+CACHE_VERSION = 1      # bump when decoding changes, so old caches are never reused
+DEFAULT_DATA = REPO_ROOT / "data" / "dog_emotion"   # `make` links ../shared/datasets/dog_emotion here
+KAGGLE_HINT = ("Get the public Kaggle 'Dog Emotion' data set "
+               "(https://www.kaggle.com/datasets/danielshanbalico/dog-emotion), then either point "
+               "--data (or make DATA=...) at its folder or run `make prepare-data RAW=<download>` "
+               "to deduplicate and split it.")
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+
+class DataError(Exception):
+    """A problem with the data set as a whole (missing folder, no classes, no images)."""
+
+
+class BadImage(Exception):
+    """One file cannot be used; the message names the file and the reason."""
+
+
+def storage_size(input_size: int) -> int:
+    """Side of the stored square: 1/8 larger than the input, like 256 -> 224 for ImageNet."""
+    return input_size + input_size // 8
+
+
+# ---------------------------------------------------------------- finding files
+
+def is_split_root(root: Path) -> bool:
+    return any((root / s).is_dir() for s in SPLITS)
+
+
+def class_names(root: Path) -> list[str]:
+    """Class folders of a split root (union over splits) or of a flat class-per-folder root."""
+    roots = [root / s for s in SPLITS if (root / s).is_dir()] if is_split_root(root) else [root]
+    names = sorted({d.name for r in roots for d in r.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    if not names:
+        raise DataError(f"{root}: no class folders found (expected <class>/ or "
+                        f"{{train,val,test}}/<class>/ with images inside). {KAGGLE_HINT}")
+    return names
+
+
+def check_data_root(root: str | Path) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data set not found at {root.resolve()}. {KAGGLE_HINT}")
+    return root
+
+
+def list_images(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(path, label) for every image file under folder/<class>/, warning on empty or missing classes."""
+    items = []
+    for label, name in enumerate(classes):
+        cdir = folder / name
+        if not cdir.is_dir():
+            warn(f"{cdir}: class folder missing in this split; it has no images of '{name}'")
+            continue
+        files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        for p in sorted(set(files) - set(images)):
+            warn(f"{p}: skipped, not an image file extension")
+        if not images:
+            warn(f"{cdir}: class folder is empty")
+        items += [(p, label) for p in images]
+    return items
+
+
+# ---------------------------------------------------------------- decoding
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open any image PIL knows (the format is read from the bytes, so WebP named .jpg works) as RGB.
+
+    Transparent images are composited on white; CMYK, greyscale and palette images are converted.
+    Raises BadImage naming the file for corrupt, truncated, non-image and tiny files.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                img = Image.new("RGB", rgba.size, (255, 255, 255))
+                img.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                img = im.convert("RGB")
+    except UnidentifiedImageError:
+        raise BadImage(f"{path}: not an image PIL can read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadImage(f"{path}: corrupt or truncated image ({e})") from None
+    if min(img.size) < MIN_SIDE:
+        raise BadImage(f"{path}: too small ({img.size[0]}x{img.size[1]} px, need >= {MIN_SIDE})")
+    return img
+
+
+def resize_center_crop(img: Image.Image, size: int) -> torch.Tensor:
+    """Shorter side to `size` (antialiased), centre square crop -> uint8 tensor (3, size, size)."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
+    return (x_uint8.float() - mean) / std
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    top = (x.shape[-2] - size) // 2
+    left = (x.shape[-1] - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def eval_transform(batch_uint8: torch.Tensor, input_size: int) -> torch.Tensor:
+    """Stored uint8 squares (B, 3, S, S) -> normalised float model input (B, 3, R, R)."""
+    return normalize(center_crop(batch_uint8, input_size))
+
+
+def preprocess(img: Image.Image, input_size: int) -> torch.Tensor:
+    """The single definition of inference preprocessing: PIL RGB image -> (1, 3, R, R) float."""
+    return eval_transform(resize_center_crop(img, storage_size(input_size))[None], input_size)
+
+
+def preprocess_spec(input_size: int) -> dict:
+    """What `preprocess` does, recorded in checkpoints and exported models for consumers."""
+    return {"resize_shorter_side": storage_size(input_size), "center_crop_1": storage_size(input_size),
+            "center_crop_2": input_size, "interpolation": "bilinear (PIL, antialiased)",
+            "scale": "1/255", "mean": list(MEAN), "std": list(STD), "color": "RGB", "layout": "NCHW"}
+
+
+# ---------------------------------------------------------------- decoded, cached splits
+
+@dataclass
+class DecodedSplit:
+    images: torch.Tensor             # (N, 3, S, S) uint8
+    labels: torch.Tensor             # (N,) int64
+    classes: list[str]
+    paths: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def content_key(items: list[tuple[Path, int]], classes: list[str], size: int) -> str:
+    """Hash of every file's bytes, label and name: any change to the data gives a new cache file."""
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{','.join(classes)}".encode())
+    for path, label in items:
+        h.update(f"|{path.name}|{label}|".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def decode_items(items: list[tuple[Path, int]], classes: list[str], size: int, desc: str) -> DecodedSplit:
+    images, labels, paths, skipped = [], [], [], []
+    for path, label in progress(items, desc=f"decode {desc}", unit="img"):
+        try:
+            images.append(resize_center_crop(load_rgb(path), size))
+        except BadImage as e:
+            warn(f"skipped {e}")
+            skipped.append(str(e))
+            continue
+        labels.append(label)
+        paths.append(str(path))
+    if skipped:
+        warn(f"{desc}: skipped {len(skipped)} of {len(items)} files (reasons above)")
+    stacked = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return DecodedSplit(stacked, torch.tensor(labels, dtype=torch.long), classes, paths, skipped)
+
+
+def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | None = None) -> DecodedSplit:
+    """Decode every image under folder/<class>/ once, reusing an on-disk cache keyed by content."""
+    items = list_images(folder, classes)
+    if not items:
+        raise DataError(f"{folder}: no images found in any class folder ({', '.join(classes)})")
+    cache_file = None
+    if cache_dir is not None:
+        key = content_key(items, classes, size)
+        cache_file = Path(cache_dir) / f"{folder.name}-{size}px-{key}.pt"
+        if cache_file.exists():
+            d = torch.load(cache_file, weights_only=True)
+            for s in d["skipped"]:
+                warn(f"skipped {s} (cached)")
+            return DecodedSplit(d["images"], d["labels"], d["classes"], d["paths"], d["skipped"])
+    split = decode_items(items, classes, size, folder.name)
+    if len(split) == 0:
+        raise DataError(f"{folder}: none of the {len(items)} files could be decoded")
+    if cache_file is not None:
+        save_torch({"images": split.images, "labels": split.labels, "classes": split.classes,
+                    "paths": split.paths, "skipped": split.skipped}, cache_file)
+    return split
+
+
+def load_splits(root: str | Path, size: int, splits=SPLITS, cache_dir: Path | None = None) -> dict[str, DecodedSplit]:
+    """Decoded splits of a {train,val,test}/<class>/ root, with one class list shared by all."""
+    root = check_data_root(root)
+    if not is_split_root(root):
+        raise DataError(f"{root}: expected train/, val/ and test/ folders. For a raw download with "
+                        f"no split run `make prepare-data RAW={root}` first.")
+    classes = class_names(root)
+    out = {}
+    for s in splits:
+        if not (root / s).is_dir():
+            raise DataError(f"{root / s}: split folder missing")
+        out[s] = load_folder(root / s, classes, size, cache_dir)
+    return out
+
+
+# ---------------------------------------------------------------- batch augmentation
+
+def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generator,
+                  scale=(0.55, 1.0), max_rotate: float = 12.0, jitter: float = 0.3) -> torch.Tensor:
+    """Random resized crop + flip + small rotation + colour jitter on a whole batch at once.
+
+    One affine grid per image samples an input_size square from the stored square: a crop whose
+    side is sqrt(area share) of the stored side, placed anywhere inside, mirrored half the time.
+    """
+    b = batch_uint8.shape[0]
+    x = batch_uint8.float() / 255
+
+    def uniform(lo, hi):
+        return torch.rand(b, generator=gen) * (hi - lo) + lo
+
+    side = uniform(*scale).sqrt()                               # crop side / stored side
+    angle = uniform(-max_rotate, max_rotate) * math.pi / 180
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    tx = uniform(-1, 1) * (1 - side)
+    ty = uniform(-1, 1) * (1 - side)
+    cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
+                         torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, (b, 3, input_size, input_size), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    # colour jitter: brightness, contrast, saturation, each a per-image factor in [1-j, 1+j]
+    def factor():
+        return uniform(1 - jitter, 1 + jitter).view(b, 1, 1, 1)
+
+    x = x * factor()
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x - mean) * factor() + mean
+    grey = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = (x - grey) * factor() + grey
+    x = x.clamp(0, 1)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None, drop_last: bool = False):
+    """Index tensors for one pass over n items: shuffled when a generator is given."""
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        yield order[i:i + batch_size]
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

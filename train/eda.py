@@ -1,0 +1,129 @@
+"""Exploratory analysis of a dog-emotion split root -> artifacts/eda/ (PNGs + summary.md).
+
+    python -m train.eda [--data DIR] [--out artifacts/eda]
+
+Label counts per split, source image sizes (from MANIFEST.csv when the data set has one, else
+read from the files' headers), per-class colour histograms and a grid of samples per class.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from train.common import ARTIFACTS, markdown_table, save_text
+from train.data import DEFAULT_DATA, DataError, SPLITS, class_names, list_images, load_splits
+from train.plots import image_grid, plt, save_figure
+
+HIST_SIZE = 72  # colour statistics are taken on the decoded 72 px squares the model trains from
+
+
+def source_sizes(root: Path, classes: list[str]) -> list[tuple[int, int]]:
+    """(width, height) of every source image: MANIFEST.csv if present (sizes before downscaling)."""
+    manifest = root / "MANIFEST.csv"
+    if manifest.is_file():
+        with open(manifest) as f:
+            return [(int(r["source_width"]), int(r["source_height"])) for r in csv.DictReader(f)]
+    sizes = []
+    for split in SPLITS:
+        for path, _ in list_images(root / split, classes) if (root / split).is_dir() else []:
+            try:
+                with Image.open(path) as im:  # header only, no decode
+                    sizes.append(im.size)
+            except OSError:
+                pass  # unreadable files are reported by the loader; sizes skip them
+    return sizes
+
+
+def run(root: Path, out: Path) -> str:
+    data = load_splits(root, HIST_SIZE, splits=[s for s in SPLITS if (root / s).is_dir()],
+                       cache_dir=ARTIFACTS / "cache")
+    classes = class_names(root)
+    counts = {s: np.bincount(d.labels.numpy(), minlength=len(classes)) for s, d in data.items()}
+
+    # 1. label distribution per split
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / len(counts)
+    for i, (s, c) in enumerate(counts.items()):
+        bars = ax.bar(np.arange(len(classes)) + i * width, c, width, label=s)
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(np.arange(len(classes)) + width * (len(counts) - 1) / 2, classes)
+    ax.set_ylabel("images")
+    ax.set_title("label distribution per split")
+    ax.legend()
+    save_figure(fig, out / "label_distribution.png")
+
+    # 2. source image sizes
+    sizes = np.array(source_sizes(root, classes))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].scatter(sizes[:, 0], sizes[:, 1], s=4, alpha=0.4)
+    axes[0].set_xlabel("width (px)")
+    axes[0].set_ylabel("height (px)")
+    axes[0].set_title(f"source sizes (n={len(sizes)})")
+    axes[1].hist(sizes.min(1), bins=40)
+    axes[1].set_xlabel("shorter side (px)")
+    axes[1].set_title("shorter side")
+    save_figure(fig, out / "image_sizes.png")
+
+    # 3. colour histograms per channel and class (train split, or the first split present)
+    ref = data.get("train") or next(iter(data.values()))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    channel_means = []
+    for k, name in enumerate(classes):
+        imgs = ref.images[ref.labels == k]
+        if len(imgs) == 0:
+            continue
+        channel_means.append({"class": name, **{f"mean {ch}": round(imgs[:, i].float().mean().item(), 1)
+                                                for i, ch in enumerate("RGB")},
+                              "brightness": round(imgs.float().mean().item(), 1)})
+        for i, ax in enumerate(axes):
+            hist = np.bincount(imgs[:, i].reshape(-1).numpy(), minlength=256) / imgs[:, i].numel()
+            ax.plot(hist, label=name)
+    for ax, ch in zip(axes, ("red", "green", "blue")):
+        ax.set_title(f"{ch} channel")
+        ax.set_xlabel("value")
+    axes[0].set_ylabel("share of pixels")
+    axes[0].legend()
+    save_figure(fig, out / "color_histograms.png")
+
+    # 4. sample grid: 8 per class, first images in file order (deterministic)
+    per_class = 8
+    images, titles = [], []
+    for k, name in enumerate(classes):
+        idx = (ref.labels == k).nonzero().flatten()[:per_class]
+        images += [ref.images[i].permute(1, 2, 0).numpy() for i in idx]
+        titles += [name] * len(idx)
+    image_grid(images, titles, out / "samples.png", cols=per_class, title="samples per class")
+
+    count_rows = [{"split": s, **{c: int(n) for c, n in zip(classes, v)}, "total": int(v.sum())}
+                  for s, v in counts.items()]
+    short = sizes.min(1)
+    text = (f"# EDA: {root}\n\n## Label distribution\n\n{markdown_table(count_rows)}\n"
+            f"![labels](label_distribution.png)\n\n## Source image sizes\n\n"
+            f"{len(sizes)} images; width mean {sizes[:, 0].mean():.1f} px, height mean {sizes[:, 1].mean():.1f} px; "
+            f"shorter side min {short.min()}, median {np.median(short):.0f}, max {short.max()} px; "
+            f"{(sizes[:, 0] == sizes[:, 1]).mean():.0%} square.\n\n![sizes](image_sizes.png)\n\n"
+            f"## Colour (split '{Path(ref.paths[0]).parent.parent.name}', decoded {HIST_SIZE} px squares, 0-255)\n\n"
+            f"{markdown_table(channel_means)}\n![colour](color_histograms.png)\n\n## Samples\n\n![samples](samples.png)\n")
+    save_text(text, out / "summary.md")
+    print(text)
+    print(f"wrote {out}/summary.md and 4 PNGs")
+    return text
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="split root (default: %(default)s)")
+    p.add_argument("--out", default=str(ARTIFACTS / "eda"), help="output folder (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        run(Path(args.data), Path(args.out))
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

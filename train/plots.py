@@ -1,0 +1,68 @@
+"""Figures shared by every command: training curves, confusion matrices, image grids."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: this runs on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from train.common import atomic_write  # noqa: E402
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def plot_curves(history: list[dict], path: str | Path, title: str, splits=("train", "val")) -> Path:
+    """Loss and accuracy per epoch, one line per split (keys '<split>_loss', '<split>_acc')."""
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy (%)")):
+        for split in splits:
+            ax.plot(epochs, [h[f"{split}_{metric}"] for h in history], label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: str | Path, title: str) -> Path:
+    """Rows are true classes, columns predictions; cells show counts, colour shows row share."""
+    matrix = np.asarray(matrix)
+    share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{matrix[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(fig, path)
+
+
+def image_grid(images: list, titles: list[str], path: str | Path, cols: int, title: str,
+               cell: float = 2.2) -> Path:
+    """Images (HxWx3 uint8 arrays or PIL images) in a grid with a caption under each."""
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * (cell + 0.4)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, caption in zip(axes.flat, images, titles):
+        ax.imshow(img)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, path)

@@ -1,0 +1,161 @@
+"""Turn a raw Kaggle "Dog Emotion" download into the {train,val,test}/<class>/ layout.
+
+    python -m train.prepare_data --raw ~/Downloads/dog-emotion --out data/my_dog_emotion
+
+The raw set has one folder per class, mixed sizes, byte-identical copies, near-copies (the same
+photo resized or re-encoded) and a few WebP files named .jpg. This script:
+1. decodes every file by content (WebP-as-.jpg works), skipping unreadable ones with a warning;
+2. drops byte-identical copies (same SHA-1), then near-copies: a 256-bit difference hash within
+   --near-bits of another image's puts both in one group, and each group keeps one image;
+3. splits by the SHA-1 of each kept file: its first 32 bits, as a fraction of 2^32, fall in the
+   test, val or train bucket. The same file always lands in the same split, whatever else is in
+   the folder, and since each near-copy group keeps one image, no photo can leak across splits;
+4. re-encodes as RGB JPEG (quality 90), optionally downscaling so the shorter side is at most
+   --shorter-side, and writes MANIFEST.csv (split, label, file, source SHA-1, source size).
+The output folder is built under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from train.common import progress, warn
+from train.data import BadImage, DataError, check_data_root, class_names, list_images, load_rgb
+
+
+def dhash_bits(img: Image.Image, side: int = 16) -> np.ndarray:
+    """Difference hash: side*side bits, 1 where a pixel is brighter than its right neighbour."""
+    g = np.asarray(img.convert("L").resize((side + 1, side), Image.BILINEAR), dtype=np.int16)
+    return (g[:, 1:] > g[:, :-1]).reshape(-1)
+
+
+def near_duplicate_groups(bits: np.ndarray, max_distance: int) -> list[int]:
+    """Union-find over every pair within max_distance Hamming bits; returns a root index per image."""
+    a = bits.astype(np.float32)
+    dist = a @ (1 - a).T + (1 - a) @ a.T  # Hamming distance of every pair at once
+    parent = list(range(len(bits)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(dist <= max_distance, k=1))):
+        ri, rj = root(i), root(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return [root(i) for i in range(len(bits))]
+
+
+def split_of(sha1: str, val_frac: float, test_frac: float) -> str:
+    u = int(sha1[:8], 16) / 2 ** 32
+    return "test" if u < test_frac else "val" if u < test_frac + val_frac else "train"
+
+
+def downscale(img: Image.Image, shorter_side: int) -> Image.Image:
+    if not shorter_side or min(img.size) <= shorter_side:
+        return img  # never upscale
+    s = shorter_side / min(img.size)
+    return img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.LANCZOS)
+
+
+def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: int,
+            shorter_side: int, force: bool = False) -> dict:
+    raw = check_data_root(raw)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise DataError(f"{out}: already exists and is not empty (use --force to replace it)")
+    classes = class_names(raw)
+    items = list_images(raw, classes)
+    if not items:
+        raise DataError(f"{raw}: no images in the class folders {classes}")
+
+    records, seen_sha, skipped, exact = [], set(), 0, 0
+    for path, label in progress(sorted(items, key=lambda t: str(t[0])), desc="hash", unit="img"):
+        data = path.read_bytes()
+        sha1 = hashlib.sha1(data).hexdigest()
+        if sha1 in seen_sha:
+            exact += 1
+            continue
+        try:
+            img = load_rgb(path)
+        except BadImage as e:
+            warn(f"skipped {e}")
+            skipped += 1
+            continue
+        seen_sha.add(sha1)
+        records.append({"path": path, "label": label, "sha1": sha1, "size": img.size, "bits": dhash_bits(img)})
+    if not records:
+        raise DataError(f"{raw}: none of the {len(items)} files could be decoded")
+
+    roots = near_duplicate_groups(np.stack([r["bits"] for r in records]), near_bits)
+    groups: dict[int, list[dict]] = {}
+    for r, g in zip(records, roots):
+        groups.setdefault(g, []).append(r)
+    kept = []
+    for members in groups.values():
+        members.sort(key=lambda r: r["sha1"])  # deterministic representative
+        if len({m["label"] for m in members}) > 1:
+            warn("near-copies filed under different classes, kept " + str(members[0]["path"]) + " only: "
+                 + ", ".join(str(m["path"]) for m in members[1:]))
+        kept.append(members[0])
+    near = len(records) - len(kept)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        rows = []
+        for r in progress(sorted(kept, key=lambda r: r["sha1"]), desc="write", unit="img"):
+            split = split_of(r["sha1"], val_frac, test_frac)
+            name = f"{r['sha1'][:16]}.jpg"
+            dest = tmp / split / classes[r["label"]] / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            downscale(load_rgb(r["path"]), shorter_side).save(dest, "JPEG", quality=90)
+            rows.append([split, classes[r["label"]], name, r["sha1"], *r["size"]])
+        with open(tmp / "MANIFEST.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "label", "file", "source_sha1", "source_width", "source_height"])
+            w.writerows(sorted(rows))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    counts = {s: sum(1 for r in rows if r[0] == s) for s in ("train", "val", "test")}
+    summary = {"files": len(items), "skipped": skipped, "exact_duplicates": exact,
+               "near_duplicates": near, "kept": len(kept), **counts}
+    print(f"{raw} -> {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return summary
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--raw", required=True, help="raw download: one subfolder per class")
+    p.add_argument("--out", required=True, help="output split root (created)")
+    p.add_argument("--val-frac", type=float, default=0.1, help="share of images in val (default: %(default)s)")
+    p.add_argument("--test-frac", type=float, default=0.1, help="share of images in test (default: %(default)s)")
+    p.add_argument("--near-bits", type=int, default=20, help="max differing bits of 256 for near-copies (default: %(default)s)")
+    p.add_argument("--shorter-side", type=int, default=128, help="downscale so the shorter side is at most this, 0 = keep (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    try:
+        prepare(Path(args.raw), Path(args.out), args.val_frac, args.test_frac, args.near_bits,
+                args.shorter_side, args.force)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
