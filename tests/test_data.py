@@ -1,0 +1,148 @@
+import csv
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CLASSES, make_image, write_split_root
+from train.data import (BadImage, DataError, augment_batch, load_folder, load_rgb, load_splits, preprocess,
+                        resize_center_crop, storage_size)
+from train.prepare_data import dhash_bits, near_duplicate_groups, prepare
+
+
+def write_bad_cases(folder):
+    """One file per bad-input case in class folders of `folder`; returns (usable, skipped) names."""
+    d = folder / "angry"
+    d.mkdir(parents=True)
+    make_image(1).save(d / "good.jpg")
+    make_image(2, mode="L").save(d / "grey.png")
+    make_image(3, mode="RGBA").save(d / "rgba.png")
+    make_image(4, mode="CMYK").save(d / "cmyk.jpg")
+    make_image(5, mode="P").save(d / "palette.gif")
+    make_image(6).save(d / "webp_named.jpg", format="WEBP")
+    buf = io.BytesIO()
+    make_image(7, size=(200, 200)).save(buf, format="JPEG")
+    (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (d / "notes.jpg").write_text("a text file with an image name")
+    (d / "readme.txt").write_text("not an image extension at all")
+    make_image(8, size=(10, 12)).save(d / "tiny.png")
+    (folder / "happy").mkdir()  # empty class folder
+    make_image(9).save(folder / "happy" / ".hidden.jpg")  # hidden files are ignored, not images
+    usable = {"good.jpg", "grey.png", "rgba.png", "cmyk.jpg", "palette.gif", "webp_named.jpg"}
+    skipped = {"truncated.jpg", "corrupt.jpg", "notes.jpg", "tiny.png"}
+    return usable, skipped
+
+
+def test_every_bad_input_is_used_or_skipped_by_name(tmp_path, capsys):
+    usable, skipped = write_bad_cases(tmp_path / "train")
+    split = load_folder(tmp_path / "train", ["angry", "happy"], 72)
+    err = capsys.readouterr().err
+    assert {p.split("/")[-1] for p in split.paths} == usable
+    assert split.images.shape == (len(usable), 3, 72, 72) and split.images.dtype == torch.uint8
+    assert {s.split(":")[0].split("/")[-1] for s in split.skipped} == skipped
+    for name in skipped | {"readme.txt"}:
+        assert name in err, f"no warning names {name}"
+    assert "happy: class folder is empty" in err
+    assert f"skipped {len(skipped)} of" in err
+
+
+def test_conversions_are_correct(tmp_path):
+    rgba = Image.new("RGBA", (40, 40), (255, 0, 0, 0))  # fully transparent red
+    rgba.save(tmp_path / "t.png")
+    assert load_rgb(tmp_path / "t.png").getpixel((5, 5)) == (255, 255, 255)  # composited on white
+    Image.new("L", (40, 40), 77).save(tmp_path / "g.png")
+    assert load_rgb(tmp_path / "g.png").getpixel((5, 5)) == (77, 77, 77)
+    Image.new("CMYK", (40, 40), (0, 0, 0, 0)).save(tmp_path / "c.jpg")
+    assert load_rgb(tmp_path / "c.jpg").mode == "RGB"
+    with pytest.raises(BadImage, match="too small"):
+        Image.new("RGB", (31, 100)).save(tmp_path / "s.png")
+        load_rgb(tmp_path / "s.png")
+
+
+def test_class_missing_from_one_split_and_missing_root(tmp_path, capsys):
+    root = write_split_root(tmp_path / "d", per_class=2)
+    for f in (root / "val" / "sad").iterdir():
+        f.unlink()
+    (root / "val" / "sad").rmdir()
+    data = load_splits(root, 40)
+    assert data["val"].classes == CLASSES and set(data["val"].labels.tolist()) == {0, 1, 2}
+    assert "val/sad: class folder missing" in capsys.readouterr().err
+    with pytest.raises(DataError, match="not found at .*Kaggle"):
+        load_splits(tmp_path / "nowhere", 40)
+    with pytest.raises(DataError, match="prepare-data"):
+        load_splits(root / "train", 40)  # a flat class folder is not a split root
+
+
+def test_cache_is_reused_and_rebuilt_when_data_changes(tmp_path):
+    root = write_split_root(tmp_path / "d", per_class=2, splits=("train",))
+    cache = tmp_path / "cache"
+    first = load_folder(root / "train", CLASSES, 40, cache)
+    assert len(list(cache.iterdir())) == 1
+    again = load_folder(root / "train", CLASSES, 40, cache)
+    assert torch.equal(first.images, again.images) and len(list(cache.iterdir())) == 1
+    Image.new("RGB", (48, 40), (0, 255, 0)).save(root / "train" / "happy" / "happy_0.jpg")
+    changed = load_folder(root / "train", CLASSES, 40, cache)
+    assert len(list(cache.iterdir())) == 2, "changed bytes must give a new cache key"
+    i = changed.paths.index(str(root / "train" / "happy" / "happy_0.jpg"))
+    assert changed.images[i, 1].float().mean() > 200 and changed.images[i, 0].float().mean() < 50
+
+
+def test_preprocess_matches_batch_eval_path(tmp_path):
+    img = make_image(3, size=(90, 70))
+    x = preprocess(img, 64)
+    assert x.shape == (1, 3, 64, 64)
+    stored = resize_center_crop(img, storage_size(64))
+    assert stored.shape == (3, 72, 72)
+    # centre crop of the stored square, normalised by hand
+    manual = (stored[:, 4:68, 4:68].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) \
+        / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert torch.allclose(x[0], manual, atol=1e-5)
+
+
+def test_augment_batch_shapes_and_determinism():
+    batch = torch.randint(0, 256, (5, 3, 72, 72), dtype=torch.uint8)
+    a = augment_batch(batch, 64, torch.Generator().manual_seed(1))
+    b = augment_batch(batch, 64, torch.Generator().manual_seed(1))
+    c = augment_batch(batch, 64, torch.Generator().manual_seed(2))
+    assert a.shape == (5, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.isfinite(a).all()
+
+
+def write_raw(root):
+    """Raw Kaggle-like folder: exact copies, near copies (resized + re-encoded), WebP named .jpg."""
+    for k, c in enumerate(CLASSES):
+        d = root / c
+        d.mkdir(parents=True)
+        for i in range(12):
+            make_image(100 * k + i, size=(120, 100)).save(d / f"{i}.jpg", quality=95)
+        (d / "copy_of_0.jpg").write_bytes((d / "0.jpg").read_bytes())
+        make_image(100 * k + 1, size=(120, 100)).resize((96, 80)).save(d / "near_1.jpg", quality=60)
+        make_image(100 * k + 2, size=(120, 100)).save(d / "webp.jpg", format="WEBP")  # near copy of 2, too
+    (root / "sad" / "broken.jpg").write_bytes(b"nope")
+
+
+def test_prepare_data_is_deterministic_and_leak_free(tmp_path):
+    raw = tmp_path / "raw"
+    write_raw(raw)
+    s1 = prepare(raw, tmp_path / "a", 0.2, 0.2, 20, 64)
+    s2 = prepare(raw, tmp_path / "b", 0.2, 0.2, 20, 64)
+    assert s1 == s2
+    assert (tmp_path / "a" / "MANIFEST.csv").read_text() == (tmp_path / "b" / "MANIFEST.csv").read_text()
+    assert s1["exact_duplicates"] == 4 and s1["skipped"] == 1
+    assert s1["kept"] == s1["train"] + s1["val"] + s1["test"]
+    assert s1["near_duplicates"] == 8 and s1["kept"] == 12 * len(CLASSES)
+    # No two images in different splits are near-copies of each other (dHash distance <= 20 bits).
+    with open(tmp_path / "a" / "MANIFEST.csv") as f:
+        rows = list(csv.DictReader(f))
+    bits = np.stack([dhash_bits(Image.open(tmp_path / "a" / r["split"] / r["label"] / r["file"])) for r in rows])
+    groups = near_duplicate_groups(bits, 20)
+    assert len(set(groups)) == len(rows)
+    # The written images are downscaled, RGB, decodable.
+    files = list((tmp_path / "a").rglob("*.jpg"))
+    assert len(files) == s1["kept"]
+    assert all(min(Image.open(f).size) <= 64 and Image.open(f).mode == "RGB" for f in files)
+    with pytest.raises(DataError, match="already exists"):
+        prepare(raw, tmp_path / "a", 0.2, 0.2, 20, 64)

@@ -1,0 +1,101 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from mobile_model import MobileCNN, ModelConfig, build_model, count_parameters
+from train import dog_emotion
+from train.checkpoint import CheckpointError, load_weights, save_weights
+
+TINY = ["--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1", "--threads", "1"]
+
+
+def run_train(root, out, *extra):
+    dog_emotion.main(["train", "--data", str(root), "--out", str(out), "--cache-dir", str(out.parent / "cache"),
+                      *TINY, *extra])
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_smoke_run_writes_every_artifact(split_root, tmp_path):
+    out = tmp_path / "run"
+    m = run_train(split_root, out, "--epochs", "2")
+    for name in ("dog_emotion.pkl", "best.pkl", "last.ckpt", "metrics.json", "summary.md", "curves.png",
+                 "confusion_test.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert [h["epoch"] for h in m["history"]] == [1, 2]
+    assert set(m["per_class_test"]) == {"angry", "happy", "relaxed", "sad"}
+    assert sum(map(sum, m["confusion_test"])) == 16
+    model, ckpt = load_weights(out / "dog_emotion.pkl")
+    assert ckpt["params"] == count_parameters(model) == m["params"]
+    assert ckpt["classes"] == ["angry", "happy", "relaxed", "sad"] and model.config.input_size == 32
+    assert not list(out.glob(".*.tmp")), "temp files left behind"
+
+
+def test_interrupted_run_resumes_to_the_same_result(split_root, tmp_path):
+    full = run_train(split_root, tmp_path / "full", "--epochs", "3", "--seed", "5")
+    dog_emotion.main(["train", "--data", str(split_root), "--out", str(tmp_path / "cut"),
+                      "--cache-dir", str(tmp_path / "cache"), *TINY, "--epochs", "3", "--seed", "5",
+                      "--stop-after", "1"])
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    resumed = run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--resume")
+    for a, b in zip(full["history"], resumed["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+    assert full["test_acc"] == resumed["test_acc"]
+    with pytest.raises(SystemExit, match="same options"):
+        run_train(split_root, tmp_path / "cut", "--epochs", "4", "--seed", "5", "--resume")
+
+
+def test_other_architecture_and_tampered_files_are_refused(tmp_path):
+    other = MobileCNN(ModelConfig(stem=8, stages=((8, 2, 1),)))
+    save_weights(other, ["a", "b", "c", "d"], tmp_path / "other.pkl")
+    with pytest.raises(CheckpointError, match="holds config"):
+        load_weights(tmp_path / "other.pkl", expect=build_model("small").config)
+    # same arch name but the weights of a different network
+    ckpt = torch.load(tmp_path / "other.pkl", weights_only=True)
+    ckpt["state_dict"] = build_model("small").state_dict()
+    torch.save(ckpt, tmp_path / "mixed.pkl")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_weights(tmp_path / "mixed.pkl")
+    # a bare state_dict of a torchvision model
+    import torchvision
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=4).state_dict(), tmp_path / "tv.pkl")
+    with pytest.raises(CheckpointError, match="not a MobileCNN weights file.*bare state_dict"):
+        load_weights(tmp_path / "tv.pkl")
+    # a pickle that would run code on load
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"arch": "MobileCNN", "payload": Exploit()}, f)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_weights(tmp_path / "evil.pkl")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_weights(tmp_path / "missing.pkl")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_train(split_root, out, "--epochs", "1")
+    capsys.readouterr()
+    weights = str(out / "dog_emotion.pkl")
+    params = count_parameters(load_weights(weights)[0])
+    # a split root and a flat class-per-folder root
+    for data in (["--data", str(split_root)], ["--data", str(split_root / "val")]):
+        dog_emotion.main(["evaluate", *data, "--weights", weights])
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        result = json.loads(last)
+        assert result["n"] == 16 and 0 <= result["accuracy"] <= 100 and result["params"] == params
+    images = sorted((split_root / "test" / "sad").iterdir())[:2]
+    rows = dog_emotion.cmd_predict(dog_emotion.get_args_parser().parse_args(
+        ["predict", *map(str, images), "--weights", weights]))
+    assert len(rows) == 2 and all(abs(sum(r["probs"].values()) - 1) < 1e-3 for r in rows)
+    assert all(r["label"] in ("angry", "happy", "relaxed", "sad") for r in rows)
+    (tmp_path / "bad.jpg").write_text("no")
+    with pytest.raises(SystemExit, match="1 of 1 images could not be read"):
+        dog_emotion.main(["predict", str(tmp_path / "bad.jpg"), "--weights", weights])
+    with pytest.raises(SystemExit, match="error: .*not found at"):
+        dog_emotion.main(["evaluate", "--data", str(tmp_path / "nowhere"), "--weights", weights])
