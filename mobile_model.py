@@ -21,7 +21,7 @@ class ModelConfig:
     stem: int = 16                      # channels of the first, full 3x3 stride-2 conv
     # one (channels, stride, blocks) triple per stage; the first block of a stage has the stride
     stages: tuple = ((24, 2, 1), (48, 2, 2), (64, 2, 2))
-    input_size: int = 64                # square input resolution in pixels
+    input_size: int = 112               # square input resolution in pixels
     num_classes: int = 4
     dropout: float = 0.1
 
@@ -89,7 +89,7 @@ def count_parameters(model: nn.Module) -> int:
 CONFIGS: dict[str, ModelConfig] = {
     "nano": ModelConfig(stem=12, stages=((16, 2, 1), (32, 2, 2), (48, 2, 2))),
     "small": ModelConfig(stem=16, stages=((24, 2, 1), (48, 2, 2), (96, 2, 2))),
-    "base": ModelConfig(stem=24, stages=((32, 2, 1), (64, 2, 2), (128, 2, 2), (192, 1, 1))),
+    "base": ModelConfig(stem=16, stages=((32, 2, 1), (64, 2, 2), (160, 2, 2))),
 }
 SHIPPED = "small"
 

@@ -1,0 +1,246 @@
+"""Export the dog-emotion model to TorchScript, ONNX and INT8 ONNX, each verified before it is kept.
+
+    python -m export.export [--weights weights/dog_emotion.pkl] [--data DIR] [--out artifacts/export]   # make export
+
+Every file is written under a temporary name, checked (loads, agrees with eager PyTorch on the
+real test split), and only then renamed into place. The parity table (Markdown + JSON) lands
+beside the files. FP32 formats must agree with eager on every image within 1e-4 on the logits;
+INT8 may lose at most 1 accuracy point against FP32, or the run says so loudly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from export.profile import profile, report
+from train.checkpoint import CheckpointError, load_weights
+from train.common import ARTIFACTS, REPO_ROOT, markdown_table, save_json, save_text
+from train.data import DEFAULT_DATA, DataError, check_data_root, eval_transform, load_folder, storage_size
+
+OPSET = 18
+FP32_ATOL = 1e-4
+INT8_MAX_DROP = 1.0  # accuracy points
+FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "onnx_int8": "dog_emotion.int8.onnx"}
+
+
+class ExportError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- runners shared with benchmark/
+
+def ort_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module | None = None, threads: int = 1):
+    """A function float32 (B,3,R,R) numpy -> logits numpy for one format (any onnx_* runs in onnxruntime)."""
+    if fmt == "eager":
+        return lambda x: _torch_run(model, x)
+    if fmt == "torchscript":
+        ts = torch.jit.load(str(path))
+        return lambda x: _torch_run(ts, x)
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
+@torch.no_grad()
+def _torch_run(model, x: np.ndarray) -> np.ndarray:
+    return model(torch.from_numpy(x)).numpy()
+
+
+def batched_logits(run, images_uint8: torch.Tensor, input_size: int, batch: int = 100) -> np.ndarray:
+    return np.concatenate([run(eval_transform(images_uint8[i:i + batch], input_size).numpy())
+                           for i in range(0, len(images_uint8), batch)])
+
+
+# ---------------------------------------------------------------- the exports
+
+def temp_path(final: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_torchscript(model, tmp: Path) -> list[str]:
+    x = torch.zeros(1, 3, model.config.input_size, model.config.input_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, x)
+        torch.jit.save(traced, str(tmp))
+    # torch.jit is deprecated in torch 2.14; the design asks for TorchScript, so keep it and say so
+    return sorted({str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning, UserWarning))})
+
+
+def metadata(model, ckpt: dict) -> dict[str, str]:
+    return {"classes": json.dumps(ckpt["classes"]), "preprocess": json.dumps(ckpt["preprocess"]),
+            "input_name": "input", "output_name": "logits", "output": "logits (apply softmax for probabilities)",
+            "params": str(ckpt["params"]), "config": json.dumps(model.config.to_dict())}
+
+
+def set_metadata(path: Path, meta: dict[str, str]) -> None:
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def export_onnx(model, tmp: Path, meta: dict) -> None:
+    size = model.config.input_size
+    x = torch.zeros(2, 3, size, size)
+    torch.onnx.export(model, (x,), str(tmp), dynamo=True, opset_version=OPSET, input_names=["input"],
+                      output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                      external_data=False, verbose=False)
+    set_metadata(tmp, meta)
+
+
+class ImageReader(CalibrationDataReader):
+    def __init__(self, images_uint8: torch.Tensor, input_size: int, batch: int = 32):
+        self.batches = [eval_transform(images_uint8[i:i + batch], input_size).numpy()
+                        for i in range(0, len(images_uint8), batch)]
+        self.it = iter(self.batches)
+
+    def get_next(self):
+        b = next(self.it, None)
+        return None if b is None else {"input": b}
+
+    def rewind(self):
+        self.it = iter(self.batches)
+
+
+def quantize_int8(fp32: Path, tmp: Path, calib: torch.Tensor, input_size: int, per_channel: bool, meta: dict) -> None:
+    prep = temp_path(tmp)
+    try:
+        quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
+        quantize_static(str(prep), str(tmp), ImageReader(calib, input_size), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        prep.unlink(missing_ok=True)
+    set_metadata(tmp, meta)
+
+
+def parity_row(fmt: str, path: Path | None, logits: np.ndarray, eager: np.ndarray, labels: np.ndarray) -> dict:
+    return {"format": fmt, "file": path.name if path else "-",
+            "size (kB)": round(path.stat().st_size / 1024, 1) if path else "-",
+            "max abs logit diff": float(np.abs(logits - eager).max()),
+            "top-1 agreement (%)": round(100 * float((logits.argmax(1) == eager.argmax(1)).mean()), 2),
+            "accuracy (%)": round(100 * float((logits.argmax(1) == labels).mean()), 2)}
+
+
+def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) -> list[dict]:
+    model, ckpt = load_weights(weights)
+    size = model.config.input_size
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        temp_path(out / "probe").unlink()
+    except OSError as e:
+        raise ExportError(f"{out}: output folder is not writable ({e.strerror})") from None
+    root = check_data_root(data)
+    test = load_folder(root / "test", ckpt["classes"], storage_size(size), ARTIFACTS / "cache")
+    val = load_folder(root / "val", ckpt["classes"], storage_size(size), ARTIFACTS / "cache")
+    train = load_folder(root / "train", ckpt["classes"], storage_size(size), ARTIFACTS / "cache")
+    calib = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:calib_count]]
+    labels = test.labels.numpy()
+    eager = batched_logits(make_runner("eager", model=model), test.images, size)
+    rows = [parity_row("eager", None, eager, eager, labels)]
+    meta = metadata(model, ckpt)
+
+    def keep_if_equal(fmt: str, tmp: Path) -> dict:
+        """Rename tmp into place only if it agrees with eager on every test image within FP32_ATOL."""
+        row = parity_row(fmt, tmp, batched_logits(make_runner(fmt, tmp), test.images, size), eager, labels)
+        row["file"] = FORMATS[fmt]
+        if row["top-1 agreement (%)"] < 100 or row["max abs logit diff"] > FP32_ATOL:
+            tmp.unlink()
+            raise ExportError(f"{fmt}: differs from eager (max diff {row['max abs logit diff']:.2e}, "
+                              f"agreement {row['top-1 agreement (%)']}%): not written")
+        os.replace(tmp, out / FORMATS[fmt])
+        return row
+
+    tmp = temp_path(out / FORMATS["torchscript"])
+    ts_warnings = export_torchscript(model, tmp)
+    for w in ts_warnings:
+        print(f"torch warning (TorchScript export): {w}")
+    rows.append(keep_if_equal("torchscript", tmp))
+
+    tmp = temp_path(out / FORMATS["onnx_fp32"])
+    export_onnx(model, tmp, meta)
+    rows.append(keep_if_equal("onnx_fp32", tmp))
+    fp32_path, fp32_acc = out / FORMATS["onnx_fp32"], rows[-1]["accuracy (%)"]
+
+    # INT8: per-tensor and per-channel weights, keep the one more accurate on val (never on test);
+    # depthwise convs are known to suffer under per-tensor scales
+    candidates = []
+    for per_channel in (False, True):
+        tmp = temp_path(out / FORMATS["onnx_int8"])
+        quantize_int8(fp32_path, tmp, calib, size, per_channel, meta)
+        logits = batched_logits(make_runner("onnx_int8", tmp), test.images, size)
+        r = parity_row("onnx_int8", tmp, logits, eager, labels)
+        r["file"] = FORMATS["onnx_int8"]
+        r["weights quantized"] = "per-channel" if per_channel else "per-tensor"
+        val_logits = batched_logits(make_runner("onnx_int8", tmp), val.images, size)
+        r["val accuracy (%)"] = round(100 * float((val_logits.argmax(1) == val.labels.numpy()).mean()), 2)
+        candidates.append((r, tmp))
+        print(f"int8 {r['weights quantized']}: val accuracy {r['val accuracy (%)']}%, test accuracy "
+              f"{r['accuracy (%)']}%, agreement {r['top-1 agreement (%)']}%, max diff {r['max abs logit diff']:.3f}")
+    best, best_tmp = max(candidates, key=lambda c: c[0]["val accuracy (%)"])
+    for r, t in candidates:
+        if t != best_tmp:
+            t.unlink()
+            r["kept"] = "no"
+    best["kept"] = "yes"
+    os.replace(best_tmp, out / FORMATS["onnx_int8"])
+    rows += [r for r, _ in candidates]
+    drop = fp32_acc - best["accuracy (%)"]
+    if drop > INT8_MAX_DROP:
+        print(f"WARNING: INT8 loses {drop:.2f} accuracy points against FP32 (limit {INT8_MAX_DROP}); "
+              f"the quantization recipe needs work")
+    return rows, {"torchscript_warnings": ts_warnings, "int8_drop_points": round(drop, 2), "opset": OPSET,
+                  "calibration_images": len(calib), "test_images": len(labels), "fp32_atol": FP32_ATOL}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=str(REPO_ROOT / "weights" / "dog_emotion.pkl"), help="weights .pkl (default: %(default)s)")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="split root; test for parity, train for calibration (default: %(default)s)")
+    ap.add_argument("--out", default=str(ARTIFACTS / "export"), help="output folder (default: %(default)s)")
+    ap.add_argument("--calib-count", type=int, default=300, help="training images for INT8 calibration (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for picking calibration images (default: %(default)s)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    try:
+        model, _ = load_weights(args.weights)
+        print(report(profile(model)))
+        rows, info = run_export(args.weights, args.data, out, args.calib_count, args.seed)
+    except (CheckpointError, DataError, ExportError) as e:
+        raise SystemExit(f"error: {e}")
+    cols = ["format", "file", "size (kB)", "max abs logit diff",
+            "top-1 agreement (%)", "accuracy (%)", "weights quantized", "val accuracy (%)", "kept"]
+    table = markdown_table(rows, cols)
+    save_json({"rows": rows, **info}, out / "parity.json")
+    save_text(f"# Export parity on the test split ({info['test_images']} images)\n\nONNX opset {OPSET}, dynamo exporter, "
+              f"dynamic batch axis. INT8: onnxruntime static quantization, QDQ, uint8 activations / int8 weights, "
+              f"{info['calibration_images']} calibration images from train.\n\n{table}", out / "parity.md")
+    print("\n" + table)
+    print(f"wrote {', '.join(FORMATS.values())}, parity.md, parity.json to {out}")
+
+
+if __name__ == "__main__":
+    main()

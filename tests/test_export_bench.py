@@ -1,0 +1,98 @@
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from benchmark import bench
+from export import export as exporter
+from export.profile import profile
+from mobile_model import build_model, count_parameters
+from train.checkpoint import load_weights, save_weights
+from train.dog_emotion import SHIPPED_WEIGHTS
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from conftest import REAL_DATA
+    if not (REAL_DATA / "test").is_dir():
+        pytest.skip(f"real data set not found at {REAL_DATA}: export parity is measured on its test split")
+    out = tmp_path_factory.mktemp("export")
+    rows, info = exporter.run_export(str(SHIPPED_WEIGHTS), str(REAL_DATA), out, calib_count=64, seed=0)
+    return out, rows, info
+
+
+def test_profile_agrees_with_flopcounter_and_count_parameters():
+    model = build_model("small").eval()
+    keys = list(model.state_dict())
+    before = copy.deepcopy(model.state_dict())
+    p = profile(model)
+    assert list(model.state_dict()) == keys, "thop must not add total_ops/total_params to the model"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert p["params_thop"] == p["params_count_parameters"] == count_parameters(model)
+    assert p["flops_flopcounter"] == 2 * p["macs_conv_linear_thop"]
+    # the documented difference: thop also charges BatchNorm and pooling, FlopCounterMode does not
+    assert p["macs_thop"] - p["flops_flopcounter"] // 2 == p["bn_ops_thop"] + p["other_ops_thop"]
+    assert sum(r["params"] for r in p["layers"]) == count_parameters(model)
+
+
+def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
+    out, rows, info = exported
+    model, ckpt = load_weights(SHIPPED_WEIGHTS)
+    by_fmt = {r["format"]: r for r in rows}
+    for fmt in ("torchscript", "onnx_fp32"):
+        assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4
+    size = model.config.input_size
+    for batch in (1, 7):  # the dynamic batch axis
+        x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+        ref = exporter.make_runner("eager", model=model)(x)
+        for fmt in ("torchscript", "onnx_fp32"):
+            got = exporter.make_runner(fmt, out / exporter.FORMATS[fmt])(x)
+            assert got.shape == (batch, 4)
+            np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+    meta = {p.key: p.value for p in onnx.load(str(out / "dog_emotion.onnx")).metadata_props}
+    assert json.loads(meta["classes"]) == ckpt["classes"]
+    assert json.loads(meta["preprocess"])["center_crop_2"] == size
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_int8_runs_and_agrees_with_fp32(exported):
+    out, rows, info = exported
+    kept = [r for r in rows if r["format"] == "onnx_int8" and r["kept"] == "yes"]
+    assert len(kept) == 1 and kept[0]["top-1 agreement (%)"] >= 95
+    assert (out / "dog_emotion.int8.onnx").stat().st_size < (out / "dog_emotion.onnx").stat().st_size
+
+
+def test_export_bad_input(tmp_path):
+    with pytest.raises(SystemExit, match="weights file not found"):
+        exporter.main(["--weights", str(tmp_path / "none.pkl"), "--out", str(tmp_path / "o")])
+    ckpt = torch.load(SHIPPED_WEIGHTS, weights_only=True)
+    ckpt["state_dict"] = build_model("nano").state_dict()  # weights of another network under this config
+    torch.save(ckpt, tmp_path / "mismatched.pkl")
+    with pytest.raises(SystemExit, match="do not fit"):
+        exporter.main(["--weights", str(tmp_path / "mismatched.pkl"), "--out", str(tmp_path / "o")])
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(exporter.ExportError, match="not writable"):
+        exporter.run_export(str(SHIPPED_WEIGHTS), str(tmp_path), tmp_path / "a_file" / "out", 8, 0)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_bench_refuses_missing_formats(tmp_path):
+    with pytest.raises(SystemExit, match="run `make export` first"):
+        bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--quick"])
+
+
+def test_bench_quick_end_to_end(exported, tmp_path):
+    out, _, _ = exported
+    result = bench.main(["--export-dir", str(out), "--out", str(tmp_path / "b"), "--quick", "--threads", "1"])
+    saved = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert saved["inference"] == json.loads(json.dumps(result["inference"]))
+    assert [r["format"] for r in saved["inference"]] == list(bench.ROW_FORMATS)
+    for r in saved["inference"]:
+        for col in ("size (kB)", "test acc (%)", "p50 (ms)", "p90 (ms)", "p99 (ms)", "b32 (img/s)", "p50 vs eager", "b32 vs eager"):
+            assert isinstance(r[col], float) and r[col] > 0, (r["format"], col)
+        assert r["p50 (ms)"] <= r["p90 (ms)"] <= r["p99 (ms)"]
+    assert saved["input_pipeline"]["speed-up"] > 0 and saved["mnist"]["ratio scratch/autograd"] > 0
+    assert (tmp_path / "b" / "bench.md").read_text().count("|") > 20 and (tmp_path / "b" / "bench.png").stat().st_size > 0
