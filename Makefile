@@ -13,7 +13,7 @@ OUT ?= artifacts/prepared_data
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train train-quick sizes eda prepare-data evaluate test clean
+.PHONY: help venv data train train-quick sizes eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,8 +39,8 @@ train: $(STAMP) data ## train the shipped model from scratch (about 11 min on 2 
 train-quick: $(STAMP) data ## a 30-epoch run of the shipped config for trying things (~2 min) -> artifacts/train-quick/
 	$(PY) -m train.dog_emotion train --data $(DATA) --epochs 30 --out artifacts/train-quick $(ARGS)
 
-sizes: $(STAMP) data ## train every model size of README's trade-off table, 1 thread each, 2 at a time
-	$(PY) -m train.model_sizes --data $(DATA) $(ARGS)
+sizes: $(STAMP) data ## train every model size of README's trade-off table, one after another -> artifacts/sizes/
+	for m in nano small base; do $(PY) -m train.dog_emotion train --data $(DATA) --model $$m --out artifacts/sizes/$$m $(ARGS) || exit 1; done
 
 evaluate: $(STAMP) data ## accuracy of WEIGHTS on the test split of DATA (last line: JSON)
 	$(PY) -m train.dog_emotion evaluate --data $(DATA) --weights $(WEIGHTS) $(ARGS)
@@ -51,6 +51,27 @@ eda: $(STAMP) data ## exploratory analysis of DATA -> artifacts/eda/ (PNGs + sum
 prepare-data: $(STAMP) ## RAW=<Kaggle download> -> deduplicated, split copy in OUT (default artifacts/prepared_data)
 	@test -n "$(RAW)" || { echo "usage: make prepare-data RAW=<folder with one subfolder per class> [OUT=...]"; exit 2; }
 	$(PY) -m train.prepare_data --raw $(RAW) --out $(OUT) $(ARGS)
+
+profile: $(STAMP) ## parameters and MACs per layer of WEIGHTS (thop + FlopCounterMode) -> artifacts/profile/
+	$(PY) -m export.profile --weights $(WEIGHTS) $(ARGS)
+
+export: $(STAMP) data ## TorchScript, ONNX and INT8 ONNX of WEIGHTS, each verified -> artifacts/export/
+	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA) $(ARGS)
+
+artifacts/export/dog_emotion.onnx: $(WEIGHTS) | $(STAMP) data
+	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA)
+
+bench: $(STAMP) data artifacts/export/dog_emotion.onnx ## latency/throughput table of every format + pipeline and MNIST ratios -> artifacts/bench/
+	$(PY) -m benchmark.bench --weights $(WEIGHTS) --data $(DATA) $(ARGS)
+
+mnist: $(STAMP) ## from-scratch 784-128-10 MNIST network (both inits) -> artifacts/mnist/
+	$(PY) -m train.mnist_scratch train $(ARGS)
+
+lr-sweep: $(STAMP) ## learning-rate study of the from-scratch network -> artifacts/mnist/lr_sweep.*
+	$(PY) -m train.mnist_scratch sweep $(ARGS)
+
+vgg: $(STAMP) data ## VGG16 predictions and first-layer filters (needs the ImageNet weights file; ARGS='--weights random' without) -> artifacts/vgg/
+	$(PY) -m train.vgg_filters $(ARGS)
 
 test: $(STAMP) data ## run the test suite (pytest, under 10 minutes)
 	$(PY) -m pytest -q tests $(ARGS)

@@ -95,7 +95,12 @@ def metadata(model, ckpt: dict) -> dict[str, str]:
 
 
 def set_metadata(path: Path, meta: dict[str, str]) -> None:
+    """Model-level metadata a phone app can read; the exporter's per-node debug metadata (stack
+    traces, FX node text: over a third of a file this small) is dropped."""
     m = onnx.load(str(path))
+    for node in m.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
     del m.metadata_props[:]
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)

@@ -99,3 +99,27 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
         dog_emotion.main(["predict", str(tmp_path / "bad.jpg"), "--weights", weights])
     with pytest.raises(SystemExit, match="error: .*not found at"):
         dog_emotion.main(["evaluate", "--data", str(tmp_path / "nowhere"), "--weights", weights])
+
+
+def test_distillation_and_mixing_run(split_root, tmp_path):
+    teacher = run_train(split_root, tmp_path / "teacher", "--epochs", "1")
+    student = run_train(split_root, tmp_path / "student", "--epochs", "1", "--teacher",
+                        str(tmp_path / "teacher" / "dog_emotion.pkl"), "--mix-prob", "1.0")
+    assert student["args"]["teacher"][0].endswith("dog_emotion.pkl") and student["args"]["mix_prob"] == 1.0
+    assert teacher["history"][0]["train_loss"] != student["history"][0]["train_loss"]
+    other = tmp_path / "other.pkl"
+    save_weights(build_model("nano"), ["w", "x", "y", "z"], other)
+    with pytest.raises(SystemExit, match="teacher has classes"):
+        run_train(split_root, tmp_path / "bad", "--epochs", "1", "--teacher", str(other))
+
+
+def test_mix_batch_targets_are_distributions():
+    from train.data import mix_batch
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    for _ in range(6):
+        mixed, target = mix_batch(x, y, 4, g, prob=1.0)
+        assert mixed.shape == x.shape and torch.allclose(target.sum(1), torch.ones(8))
+        assert (target >= 0).all()
+    same, target = mix_batch(x, y, 4, g, prob=0.0)
+    assert torch.equal(same, x) and torch.equal(target.argmax(1), y)

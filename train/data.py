@@ -287,3 +287,27 @@ def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None,
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Generator, prob: float):
+    """With probability `prob`, MixUp or CutMix (half each) the batch with a shuffled copy of itself.
+
+    Returns the images and soft targets (B, num_classes). The mixing weight is uniform, i.e.
+    Beta(1, 1) as in the CutMix paper; for CutMix it is corrected to the pasted box's true area.
+    """
+    target = F.one_hot(y, num_classes).float()
+    if prob <= 0 or torch.rand(1, generator=gen).item() >= prob:
+        return x, target
+    lam = torch.rand(1, generator=gen).item()
+    perm = torch.randperm(len(y), generator=gen)
+    if torch.rand(1, generator=gen).item() < 0.5:
+        x = lam * x + (1 - lam) * x[perm]
+    else:
+        h, w = x.shape[-2:]
+        bh, bw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        top = int(torch.randint(0, h - bh + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - bw + 1, (1,), generator=gen))
+        x = x.clone()
+        x[..., top:top + bh, left:left + bw] = x[perm][..., top:top + bh, left:left + bw]
+        lam = 1 - bh * bw / (h * w)
+    return x, lam * target + (1 - lam) * target[perm]

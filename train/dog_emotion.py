@@ -25,7 +25,7 @@ from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, get_co
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
 from train.common import ARTIFACTS, REPO_ROOT, markdown_table, progress, save_json, save_text, save_torch, seed_everything, set_threads
 from train.data import (DEFAULT_DATA, BadImage, DataError, augment_batch, check_data_root, class_names,
-                        eval_transform, is_split_root, iterate_batches, load_folder, load_rgb, load_splits,
+                        eval_transform, is_split_root, iterate_batches, load_folder, load_rgb, load_splits, mix_batch,
                         preprocess, storage_size)
 from train.plots import plot_confusion, plot_curves
 
@@ -69,7 +69,20 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
-def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_steps: int, epoch: int):
+@torch.no_grad()
+def teacher_log_probs(teachers: list, x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log of the teachers' mean softmax at temperature T: an ensemble's soft targets."""
+    probs = torch.stack([F.softmax(t(x) / temperature, 1) for t in teachers]).mean(0)
+    return probs.clamp_min(1e-8).log()
+
+
+def distillation_loss(logits, teacher_logp, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: KL(teacher || student) at temperature T, scaled by T^2."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, 1), teacher_logp, reduction="batchmean", log_target=True) * t * t
+
+
+def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_steps: int, epoch: int, teachers=()):
     model.train()
     size = model.config.input_size
     loss_sum = correct = seen = 0
@@ -80,10 +93,14 @@ def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_st
         lr = lr_at(step, total_steps, args.warmup_epochs * steps_per_epoch, args.lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x = augment_batch(split.images[idx], size, gen)
-        y = split.labels[idx]
+        x, target = mix_batch(augment_batch(split.images[idx], size, gen), split.labels[idx],
+                              len(split.classes), gen, args.mix_prob)
+        y = target.argmax(1)  # the dominant label, for the running train accuracy
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+        loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
+        if teachers:
+            loss = (1 - args.distill_weight) * loss + args.distill_weight * distillation_loss(
+                logits, teacher_log_probs(teachers, x, args.distill_temperature), args.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -127,6 +144,15 @@ def train(args) -> dict:
     print(f"data: {args.data}  " + "  ".join(f"{s}={len(d)}" for s, d in data.items())
           + f"  classes={classes}  skipped={sum(len(d.skipped) for d in data.values())}")
 
+    teachers = []
+    for path in args.teacher:
+        teacher, tckpt = load_weights(path)
+        if tckpt["classes"] != classes or teacher.config.input_size != config.input_size:
+            raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']} at "
+                                  f"{teacher.config.input_size} px; the student needs {classes} at {config.input_size} px")
+        print(f"distilling from {path} ({count_parameters(teacher):,} params, "
+              f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
+        teachers.append(teacher)
     gen = seed_everything(args.seed)
     model = build_model(config)
     ema = EMA(model, args.ema_decay)
@@ -141,9 +167,9 @@ def train(args) -> dict:
         if not ckpt_path.exists():
             raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint there)")
         state = safe_load(ckpt_path)
-        same = ("model", "input_size", "seed", "epochs", "batch_size")
-        if any(state["args"][k] != vars(args)[k] for k in same):
-            raise CheckpointError(f"{ckpt_path}: was written with " + ", ".join(f"{k}={state['args'][k]}" for k in same)
+        same = ("model", "input_size", "seed", "epochs", "batch_size", "teacher")
+        if any(state["args"].get(k) != vars(args).get(k) for k in same):
+            raise CheckpointError(f"{ckpt_path}: was written with " + ", ".join(f"{k}={state['args'].get(k)}" for k in same)
                                   + "; resume with the same options")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
@@ -159,7 +185,7 @@ def train(args) -> dict:
           f"epochs={args.epochs}  batch={args.batch_size}  threads={torch.get_num_threads()}")
     for epoch in range(start_epoch, args.epochs + 1):
         t0 = time.time()
-        tr, step = train_one_epoch(model, ema, optimizer, data["train"], args, gen, step, total_steps, epoch)
+        tr, step = train_one_epoch(model, ema, optimizer, data["train"], args, gen, step, total_steps, epoch, teachers)
         va = evaluate(ema.model, data["val"], args.label_smoothing)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
                "val_acc": va["acc"], "lr": tr["lr"], "seconds": time.time() - t0}
@@ -174,7 +200,7 @@ def train(args) -> dict:
                     "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                     "optimizer": optimizer.state_dict(), "gen_state": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "history": history, "best": best}, ckpt_path)
-        plot_curves(history, out / "curves.png", f"{args.model} ({count_parameters(model):,} params), EMA weights on val")
+        plot_curves(history, out / "curves.png", f"{args.model} ({count_parameters(model):,} params): train = running, on augmented batches; val = EMA weights")
         if args.stop_after and epoch >= args.stop_after:
             print(f"stopping after epoch {epoch} as asked (--stop-after); continue with --resume")
             return {}
@@ -275,8 +301,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
     t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
     t.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (default: %(default)s)")
+    t.add_argument("--mix-prob", type=float, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
     t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
     t.add_argument("--ema-decay", type=float, default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
+    t.add_argument("--teacher", nargs="*", default=[], help="weights .pkl of models trained here from scratch to distil from; several = their ensemble (default: none)")
+    t.add_argument("--distill-weight", type=float, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
+    t.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature for distillation (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation (default: %(default)s)")
     t.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch's default (default: %(default)s)")
     t.add_argument("--out", default=str(ARTIFACTS / "train"), help="output folder (default: %(default)s)")

@@ -215,7 +215,10 @@ def discuss(results: list[dict], threshold: float) -> str:
     lines = [f"- Best final test accuracy: lr {best['lr']} with {best['final_test_acc']:.2f}%."]
     for r in results:
         if r["diverged"]:
-            lines.append(f"- lr {r['lr']}: diverged (loss became non-finite or ended above its start).")
+            first = r["history"][0]["train_loss"]
+            how = ("its loss became NaN/inf" if not math.isfinite(r["final_train_loss"]) else
+                   f"train loss ended at {r['final_train_loss']:.3g}, above the {first:.3g} of epoch 1")
+            lines.append(f"- lr {r['lr']}: diverged ({how}); test accuracy {r['final_test_acc']:.2f}%.")
         elif r["epochs_to_threshold"] is None:
             lines.append(f"- lr {r['lr']}: never reached {threshold:.0f}% test accuracy in {r['epochs']} epochs "
                          f"(ended at {r['final_test_acc']:.2f}%): too small a step to learn in this budget.")
