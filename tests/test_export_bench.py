@@ -10,7 +10,7 @@ from benchmark import bench
 from export import export as exporter
 from export.profile import profile
 from mobile_model import build_model, count_parameters
-from train.checkpoint import load_weights, save_weights
+from train.checkpoint import load_weights
 from train.dog_emotion import SHIPPED_WEIGHTS
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,9 +283,6 @@ def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None,
     for i in range(0, stop, batch_size):
         yield order[i:i + batch_size]
 
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Generator, prob: float):

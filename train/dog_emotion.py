@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,8 @@ def train(args) -> dict:
     set_threads(args.threads)
     out = Path(args.out)
     config = get_config(args.model, args.input_size)
+    if args.no_flip_average:
+        config = replace(config, flip_average=False)
     data = load_splits(args.data, storage_size(config.input_size), cache_dir=Path(args.cache_dir))
     classes = data["train"].classes
     print(f"data: {args.data}  " + "  ".join(f"{s}={len(d)}" for s, d in data.items())
@@ -167,7 +170,7 @@ def train(args) -> dict:
         if not ckpt_path.exists():
             raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint there)")
         state = safe_load(ckpt_path)
-        same = ("model", "input_size", "seed", "epochs", "batch_size", "teacher")
+        same = ("model", "input_size", "no_flip_average", "seed", "epochs", "batch_size", "teacher", "mix_prob")
         if any(state["args"].get(k) != vars(args).get(k) for k in same):
             raise CheckpointError(f"{ckpt_path}: was written with " + ", ".join(f"{k}={state['args'].get(k)}" for k in same)
                                   + "; resume with the same options")
@@ -200,7 +203,8 @@ def train(args) -> dict:
                     "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                     "optimizer": optimizer.state_dict(), "gen_state": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "history": history, "best": best}, ckpt_path)
-        plot_curves(history, out / "curves.png", f"{args.model} ({count_parameters(model):,} params): train = running, on augmented batches; val = EMA weights")
+        plot_curves(history, out / "curves.png", f"{args.model} ({count_parameters(model):,} params): "
+                    "train = running, on augmented batches; val = EMA weights")
         if args.stop_after and epoch >= args.stop_after:
             print(f"stopping after epoch {epoch} as asked (--stop-after); continue with --resume")
             return {}
@@ -296,6 +300,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
     t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
     t.add_argument("--input-size", type=int, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
+    t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
     t.add_argument("--epochs", type=int, default=150, help="training epochs (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
     t.add_argument("--lr", type=float, default=4e-3, help="peak AdamW learning rate (default: %(default)s)")

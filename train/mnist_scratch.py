@@ -220,8 +220,12 @@ def discuss(results: list[dict], threshold: float) -> str:
                    f"train loss ended at {r['final_train_loss']:.3g}, above the {first:.3g} of epoch 1")
             lines.append(f"- lr {r['lr']}: diverged ({how}); test accuracy {r['final_test_acc']:.2f}%.")
         elif r["epochs_to_threshold"] is None:
+            accs = [e["test_acc"] for e in r["history"]]
+            late_gain = accs[-1] - accs[max(0, len(accs) - 5)]
             lines.append(f"- lr {r['lr']}: never reached {threshold:.0f}% test accuracy in {r['epochs']} epochs "
-                         f"(ended at {r['final_test_acc']:.2f}%): too small a step to learn in this budget.")
+                         f"(ended at {r['final_test_acc']:.2f}%, {late_gain:+.2f} points over its last 4 epochs): "
+                         + ("still climbing, the step is too small to converge in this budget."
+                            if late_gain > 1 else "it has stalled below the threshold."))
         else:
             lines.append(f"- lr {r['lr']}: reached {threshold:.0f}% at epoch {r['epochs_to_threshold']}, "
                          f"ended at {r['final_test_acc']:.2f}% (best {r['best_test_acc']:.2f}%).")
