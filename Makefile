@@ -11,13 +11,15 @@ WEIGHTS ?= weights/dog_emotion.pkl
 RAW ?=
 OUT ?= artifacts/prepared_data
 ARGS ?=
+TEACHER_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv data train train-quick sizes eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=<split root> (default $(DATA)), WEIGHTS=<.pkl>, ARGS='<extra CLI options>'"
+	@echo "  variables: DATA=<split root> (default $(DATA)), WEIGHTS=<.pkl>, ARGS='<extra CLI options>',"
+	@echo "             TEACHER_ARGS='<extra options for the teachers of make train>'"
 
 $(STAMP): requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -41,15 +43,16 @@ train: $(STAMP) data ## train the shipped model from scratch: 2 teachers, then t
 	$(PY) -m train.dog_emotion train --data $(DATA) --model small --teacher $(TEACHERS) --threads 2 $(ARGS)
 
 artifacts/teachers/%/dog_emotion.pkl: | $(STAMP) data
-	$(PY) -m train.dog_emotion train --data $(DATA) --model $* --no-flip-average --threads 1 --out artifacts/teachers/$* > artifacts/teachers-$*.log 2>&1 \
+	$(PY) -m train.dog_emotion train --data $(DATA) --model $* --no-flip-average --threads 1 --out artifacts/teachers/$* $(TEACHER_ARGS) > artifacts/teachers-$*.log 2>&1 \
 		|| { tail -n 20 artifacts/teachers-$*.log; exit 1; }
 	@grep "^best epoch" artifacts/teachers-$*.log
 
 train-quick: $(STAMP) data ## one 30-epoch run of the shipped config, no teachers, for trying things (~4 min) -> artifacts/train-quick/
 	$(PY) -m train.dog_emotion train --data $(DATA) --epochs 30 --out artifacts/train-quick $(ARGS)
 
-sizes: $(STAMP) data ## train every model size of README's trade-off table, one after another -> artifacts/sizes/
-	for m in nano small base; do $(PY) -m train.dog_emotion train --data $(DATA) --model $$m --out artifacts/sizes/$$m $(ARGS) || exit 1; done
+sizes: $(STAMP) data ## the other rows of README's size table: the two teachers, then nano distilled from them -> artifacts/sizes/
+	$(MAKE) -j2 $(TEACHERS)
+	$(PY) -m train.dog_emotion train --data $(DATA) --model nano --teacher $(TEACHERS) --threads 1 --out artifacts/sizes/nano $(ARGS)
 
 evaluate: $(STAMP) data ## accuracy of WEIGHTS on the test split of DATA (last line: JSON)
 	$(PY) -m train.dog_emotion evaluate --data $(DATA) --weights $(WEIGHTS) $(ARGS)

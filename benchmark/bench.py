@@ -16,6 +16,7 @@ Writes bench.json, bench.md and bench.png under --out (default artifacts/bench/)
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from datetime import date
@@ -163,7 +164,7 @@ def main(argv=None) -> dict:
         print(f"  {mnist}")
     except (CheckpointError, DataError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads max, {platform.processor() or platform.platform()}"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
               "inference": rows, "input_pipeline": pipeline, "mnist": mnist}
     out = Path(args.out)

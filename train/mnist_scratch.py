@@ -25,7 +25,7 @@ import torch
 
 from train.common import ARTIFACTS, markdown_table, progress, save_json, save_text, save_torch, seed_everything
 from train.plots import plot_curves, plt, save_figure
-from train.scratch_ops import cross_entropy, d_cross_entropy, d_sigmoid, one_hot, sigmoid, softmax
+from train.scratch_ops import cross_entropy, d_cross_entropy, one_hot, sigmoid, softmax
 
 IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -123,9 +123,9 @@ def init_params(init: str, seed: int, hidden: int = 128, dtype=torch.float32) ->
 
 
 def forward(params: dict, x: torch.Tensor) -> dict:
-    z1 = x @ params["W1"] + params["b1"]       # (B, 128)
+    z1 = torch.addmm(params["b1"], x, params["W1"])    # x W1 + b1, one fused op: (B, 128)
     h = sigmoid(z1)
-    z2 = h @ params["W2"] + params["b2"]       # (B, 10) logits
+    z2 = torch.addmm(params["b2"], h, params["W2"])    # (B, 10) logits
     return {"x": x, "z1": z1, "h": h, "z2": z2}
 
 
@@ -135,7 +135,8 @@ def backward(params: dict, cache: dict, y_onehot: torch.Tensor) -> dict:
     dW2 = cache["h"].T @ dz2                       # (128, 10)
     db2 = dz2.sum(0)                               # (10,)
     dh = dz2 @ params["W2"].T                      # (B, 128)
-    dz1 = dh * d_sigmoid(cache["z1"])              # (B, 128)
+    h = cache["h"]
+    dz1 = dh * h * (1 - h)                         # (B, 128); h(1-h) = d_sigmoid(z1), from the cached output
     dW1 = cache["x"].T @ dz1                       # (784, 128)
     db1 = dz1.sum(0)                               # (128,)
     return {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
@@ -143,7 +144,7 @@ def backward(params: dict, cache: dict, y_onehot: torch.Tensor) -> dict:
 
 def sgd_step(params: dict, grads: dict, lr: float) -> None:
     for k in params:
-        params[k].sub_(lr * grads[k])
+        params[k].add_(grads[k], alpha=-lr)  # theta <- theta - lr * grad, in place, one op
 
 
 def evaluate(params: dict, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

@@ -1,0 +1,44 @@
+"""The design card's check: the shipped model's parameter count, and a regression guard on its accuracy."""
+import re
+
+import pytest
+import torch
+
+from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters
+from train import dog_emotion
+from train.checkpoint import load_weights
+from train.common import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+SHIPPED_LINE = re.search(r"Shipped model: `(\w+)`.*?\*\*([\d,]+) parameters\*\*.*?test accuracy \*\*([\d.]+)%\*\*", README, re.S)
+
+
+def test_readme_states_the_shipped_model():
+    assert SHIPPED_LINE, "README must have the line 'Shipped model: `name` ... **N parameters** ... test accuracy **X%**'"
+    assert SHIPPED_LINE.group(1) == SHIPPED
+
+
+def test_parameter_count_matches_readme_and_weights_file():
+    stated = int(SHIPPED_LINE.group(2).replace(",", ""))
+    model = build_model(SHIPPED)
+    assert count_parameters(model) == stated
+    loaded, ckpt = load_weights(dog_emotion.SHIPPED_WEIGHTS, expect=model.config)
+    assert ckpt["params"] == stated == count_parameters(loaded)
+    # the count is the sum over the layers, nothing hidden in buffers
+    assert stated == sum(p.numel() for p in loaded.parameters())
+    assert dog_emotion.SHIPPED_WEIGHTS.stat().st_size < 200_000, "weights/ must stay small (tens of kB)"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_named_config_builds_and_runs(name):
+    model = build_model(name).eval()
+    size = model.config.input_size
+    assert model(torch.zeros(2, 3, size, size)).shape == (2, 4)
+
+
+def test_shipped_weights_reproduce_readme_test_accuracy(real_data, capsys):
+    stated = float(SHIPPED_LINE.group(3))
+    result = dog_emotion.cmd_evaluate(dog_emotion.get_args_parser().parse_args(
+        ["evaluate", "--data", str(real_data), "--split", "test"]))
+    assert result["n"] == 400 and result["skipped"] == 0
+    assert abs(result["accuracy"] - stated) <= 1.0, f"measured {result['accuracy']}%, README says {stated}%"
