@@ -143,5 +143,5 @@ def test_smoke_train_and_sweep_write_every_artifact(tmp_path):
          "--threshold", "50"]))
     assert results[0]["epochs_to_threshold"] is None and results[1]["epochs_to_threshold"] is not None
     text = (out / "lr_sweep.md").read_text()
-    assert "lr 0.0001: never reached 50%" in text and "lr 1.0: reached 50% at epoch" in text
+    assert "lr 0.0001: never learned: test accuracy" in text and "lr 1.0: reached 50% at epoch" in text
     assert (out / "lr_sweep.png").stat().st_size > 0

@@ -213,6 +213,7 @@ def cmd_train(args) -> dict:
 def discuss(results: list[dict], threshold: float) -> str:
     """Sentences generated from the measured curves, so other data or rates give other text."""
     best = max(results, key=lambda r: r["final_test_acc"])
+    chance = 100 / 10
     lines = [f"- Best final test accuracy: lr {best['lr']} with {best['final_test_acc']:.2f}%."]
     for r in results:
         if r["diverged"]:
@@ -220,6 +221,9 @@ def discuss(results: list[dict], threshold: float) -> str:
             how = ("its loss became NaN/inf" if not math.isfinite(r["final_train_loss"]) else
                    f"train loss ended at {r['final_train_loss']:.3g}, above the {first:.3g} of epoch 1")
             lines.append(f"- lr {r['lr']}: diverged ({how}); test accuracy {r['final_test_acc']:.2f}%.")
+        elif r["final_test_acc"] <= chance * 2:
+            lines.append(f"- lr {r['lr']}: never learned: test accuracy {r['final_test_acc']:.2f}% (best "
+                         f"{r['best_test_acc']:.2f}%) is near chance ({chance:.0f}%), train loss {r['final_train_loss']:.3g}.")
         elif r["epochs_to_threshold"] is None:
             accs = [e["test_acc"] for e in r["history"]]
             late_gain = accs[-1] - accs[max(0, len(accs) - 5)]
