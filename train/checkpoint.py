@@ -66,22 +66,16 @@ def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[M
     if expect is not None and config != expect:
         raise CheckpointError(f"{path}: holds config {config}, but {expect} was asked for")
     model = MobileCNN(config)
-    missing, unexpected = _key_mismatch(model.state_dict(), ckpt["state_dict"])
-    if missing or unexpected or _shape_mismatch(model.state_dict(), ckpt["state_dict"]):
+    expected, found = model.state_dict(), ckpt["state_dict"]
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shapes = [f"{k}: {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
         raise CheckpointError(f"{path}: weights do not fit the stored config {config} "
-                              f"(missing {missing[:4]}, unexpected {unexpected[:4]}, "
-                              f"shape mismatches {_shape_mismatch(model.state_dict(), ckpt['state_dict'])[:4]})")
+                              f"(missing {missing[:4]}, unexpected {unexpected[:4]}, shape mismatches {shapes[:4]})")
     model.load_state_dict(ckpt["state_dict"])
     if ckpt.get("params") not in (None, count_parameters(model)):
         raise CheckpointError(f"{path}: says {ckpt['params']} parameters but the model has {count_parameters(model)}")
     model.eval()
     return model, ckpt
 
-
-def _key_mismatch(expected: dict, found: dict) -> tuple[list, list]:
-    return sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-
-
-def _shape_mismatch(expected: dict, found: dict) -> list[str]:
-    return [f"{k}: {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-            if k in found and tuple(found[k].shape) != tuple(v.shape)]

@@ -118,8 +118,10 @@ def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_st
 def predict_logits(model, images_uint8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
     size = model.config.input_size
+    if len(images_uint8) == 0:
+        return torch.empty(0, model.config.num_classes)
     return torch.cat([model(eval_transform(images_uint8[i:i + batch_size], size))
-                      for i in range(0, len(images_uint8), batch_size)]) if len(images_uint8) else torch.empty(0, 4)
+                      for i in range(0, len(images_uint8), batch_size)])
 
 
 def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
