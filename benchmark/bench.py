@@ -2,7 +2,7 @@
 
     python -m benchmark.bench [--export-dir artifacts/export] [--quick]   # make bench
 
-1. Inference, per format (eager PyTorch, TorchScript, onnxruntime FP32 and INT8) and per thread
+1. Inference, per format (eager PyTorch, TorchScript, onnxruntime FP32 as .onnx and as .ort, INT8) and per thread
    count (1, 2): file size, test accuracy, batch-1 latency p50/p90/p99, batch-32 throughput, and
    the ratio to eager at the same thread count. Warm-up runs before timing; percentiles over many
    timed runs. onnxruntime: ORT_ENABLE_ALL graph optimisation, intra-op threads as stated,
@@ -32,7 +32,7 @@ from train.data import (DEFAULT_DATA, MEAN, STD, DataError, augment_batch, check
                         resize_center_crop, storage_size)
 from train.plots import plt, save_figure
 
-ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "onnx_int8")
+ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "ort_fp32", "onnx_int8")
 
 
 def time_calls(fn, warmup: int, runs: int) -> np.ndarray:

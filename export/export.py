@@ -2,7 +2,8 @@
 
     python -m export.export [--weights weights/dog_emotion.pkl] [--data DIR] [--out artifacts/export]   # make export
 
-Every file is written under a temporary name, checked (loads, agrees with eager PyTorch on the
+Also writes the .ort format of onnxruntime Mobile (FP32). Every file is written under a
+temporary name, checked (loads, agrees with eager PyTorch on the
 real test split), and only then renamed into place. The parity table (Markdown + JSON) lands
 beside the files. FP32 formats must agree with eager on every image within 1e-4 on the logits;
 INT8 may lose at most 1 accuracy point against FP32, or the run says so loudly.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,7 +34,8 @@ from train.data import DEFAULT_DATA, DataError, check_data_root, eval_transform,
 OPSET = 18
 FP32_ATOL = 1e-4
 INT8_MAX_DROP = 1.0  # accuracy points
-FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "onnx_int8": "dog_emotion.int8.onnx"}
+FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "ort_fp32": "dog_emotion.ort",
+           "onnx_int8": "dog_emotion.int8.onnx"}
 
 
 class ExportError(Exception):
@@ -40,8 +44,10 @@ class ExportError(Exception):
 
 # ---------------------------------------------------------------- runners shared with benchmark/
 
-def ort_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    if ort_format:  # onnxruntime guesses the format from the extension, which a temp name lacks
+        opts.add_session_config_entry("session.load_model_format", "ORT")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -49,13 +55,13 @@ def ort_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module | None = None, threads: int = 1):
-    """A function float32 (B,3,R,R) numpy -> logits numpy for one format (any onnx_* runs in onnxruntime)."""
+    """A function float32 (B,3,R,R) numpy -> logits numpy for one format (onnx_*/ort_* run in onnxruntime)."""
     if fmt == "eager":
         return lambda x: _torch_run(model, x)
     if fmt == "torchscript":
         ts = torch.jit.load(str(path))
         return lambda x: _torch_run(ts, x)
-    sess = ort_session(path, threads)
+    sess = ort_session(path, threads, ort_format=fmt.startswith("ort"))
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 
@@ -115,6 +121,17 @@ def export_onnx(model, tmp: Path, meta: dict) -> None:
                       output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
                       external_data=False, verbose=False)
     set_metadata(tmp, meta)
+
+
+def convert_to_ort(onnx_path: Path, tmp: Path) -> None:
+    """onnxruntime Mobile's .ort format, via onnxruntime's own converter (offline, no download)."""
+    with tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+        done = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(onnx_path),
+                               "--output_dir", work, "--optimization_style", "Fixed"], capture_output=True, text=True)
+        converted = Path(work) / (onnx_path.stem + ".ort")
+        if done.returncode != 0 or not converted.is_file():
+            raise ExportError(f"{onnx_path}: .ort conversion failed: {done.stderr.strip()[-500:]}")
+        os.replace(converted, tmp)
 
 
 class ImageReader(CalibrationDataReader):
@@ -189,6 +206,10 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
     export_onnx(model, tmp, meta)
     rows.append(keep_if_equal("onnx_fp32", tmp))
     fp32_path, fp32_acc = out / FORMATS["onnx_fp32"], rows[-1]["accuracy (%)"]
+
+    tmp = temp_path(out / FORMATS["ort_fp32"])
+    convert_to_ort(fp32_path, tmp)
+    rows.append(keep_if_equal("ort_fp32", tmp))
 
     # INT8: per-tensor and per-channel weights, keep the one more accurate on val (never on test);
     # depthwise convs are known to suffer under per-tensor scales

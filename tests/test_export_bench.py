@@ -42,13 +42,13 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     out, rows, info = exported
     model, ckpt = load_weights(SHIPPED_WEIGHTS)
     by_fmt = {r["format"]: r for r in rows}
-    for fmt in ("torchscript", "onnx_fp32"):
+    for fmt in ("torchscript", "onnx_fp32", "ort_fp32"):
         assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4
     size = model.config.input_size
     for batch in (1, 7):  # the dynamic batch axis
         x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
         ref = exporter.make_runner("eager", model=model)(x)
-        for fmt in ("torchscript", "onnx_fp32"):
+        for fmt in ("torchscript", "onnx_fp32", "ort_fp32"):
             got = exporter.make_runner(fmt, out / exporter.FORMATS[fmt])(x)
             assert got.shape == (batch, 4)
             np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
