@@ -43,11 +43,12 @@ train: $(STAMP) data ## train the shipped model from scratch: 2 teachers, then t
 	$(PY) -m train.dog_emotion train --data $(DATA) --model small --teacher $(TEACHERS) --threads 2 $(ARGS)
 
 artifacts/teachers/%/dog_emotion.pkl: | $(STAMP) data
-	$(PY) -m train.dog_emotion train --data $(DATA) --model $* --no-flip-average --threads 1 --out artifacts/teachers/$* $(TEACHER_ARGS) > artifacts/teachers-$*.log 2>&1 \
+	@echo "training teacher '$*' from scratch (20-35 min); progress: tail -f artifacts/teachers-$*.log"
+	mkdir -p artifacts && $(PY) -m train.dog_emotion train --data $(DATA) --model $* --no-flip-average --threads 1 --out artifacts/teachers/$* $(TEACHER_ARGS) > artifacts/teachers-$*.log 2>&1 \
 		|| { tail -n 20 artifacts/teachers-$*.log; exit 1; }
 	@grep "^best epoch" artifacts/teachers-$*.log
 
-train-quick: $(STAMP) data ## one 30-epoch run of the shipped config, no teachers, for trying things (~4 min) -> artifacts/train-quick/
+train-quick: $(STAMP) data ## one 30-epoch run of the shipped config, no teachers, for trying things (a few minutes) -> artifacts/train-quick/
 	$(PY) -m train.dog_emotion train --data $(DATA) --epochs 30 --out artifacts/train-quick $(ARGS)
 
 sizes: $(STAMP) data ## the other rows of README's size table: the two teachers, then nano distilled from them -> artifacts/sizes/
