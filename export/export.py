@@ -167,7 +167,7 @@ def parity_row(fmt: str, path: Path | None, logits: np.ndarray, eager: np.ndarra
             "accuracy (%)": round(100 * float((logits.argmax(1) == labels).mean()), 2)}
 
 
-def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) -> list[dict]:
+def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) -> tuple[list[dict], dict]:
     model, ckpt = load_weights(weights)
     size = model.config.input_size
     try:
@@ -190,49 +190,57 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
         row = parity_row(fmt, tmp, batched_logits(make_runner(fmt, tmp), test.images, size), eager, labels)
         row["file"] = FORMATS[fmt]
         if row["top-1 agreement (%)"] < 100 or row["max abs logit diff"] > FP32_ATOL:
-            tmp.unlink()
             raise ExportError(f"{fmt}: differs from eager (max diff {row['max abs logit diff']:.2e}, "
                               f"agreement {row['top-1 agreement (%)']}%): not written")
         os.replace(tmp, out / FORMATS[fmt])
         return row
 
-    tmp = temp_path(out / FORMATS["torchscript"])
-    ts_warnings = export_torchscript(model, tmp)
-    for w in ts_warnings:
-        print(f"torch warning (TorchScript export): {w}")
-    rows.append(keep_if_equal("torchscript", tmp))
+    temps: list[Path] = []
 
-    tmp = temp_path(out / FORMATS["onnx_fp32"])
-    export_onnx(model, tmp, meta)
-    rows.append(keep_if_equal("onnx_fp32", tmp))
-    fp32_path, fp32_acc = out / FORMATS["onnx_fp32"], rows[-1]["accuracy (%)"]
+    def new_temp(name: str) -> Path:
+        temps.append(temp_path(out / name))
+        return temps[-1]
 
-    tmp = temp_path(out / FORMATS["ort_fp32"])
-    convert_to_ort(fp32_path, tmp)
-    rows.append(keep_if_equal("ort_fp32", tmp))
+    try:
+        tmp = new_temp(FORMATS["torchscript"])
+        ts_warnings = export_torchscript(model, tmp)
+        for w in ts_warnings:
+            print(f"torch warning (TorchScript export): {w}")
+        rows.append(keep_if_equal("torchscript", tmp))
 
-    # INT8: per-tensor and per-channel weights, keep the one more accurate on val (never on test);
-    # depthwise convs are known to suffer under per-tensor scales
-    candidates = []
-    for per_channel in (False, True):
-        tmp = temp_path(out / FORMATS["onnx_int8"])
-        quantize_int8(fp32_path, tmp, calib, size, per_channel, meta)
-        logits = batched_logits(make_runner("onnx_int8", tmp), test.images, size)
-        r = parity_row("onnx_int8", tmp, logits, eager, labels)
-        r["file"] = FORMATS["onnx_int8"]
-        r["weights quantized"] = "per-channel" if per_channel else "per-tensor"
-        val_logits = batched_logits(make_runner("onnx_int8", tmp), val.images, size)
-        r["val accuracy (%)"] = round(100 * float((val_logits.argmax(1) == val.labels.numpy()).mean()), 2)
-        candidates.append((r, tmp))
-        print(f"int8 {r['weights quantized']}: val accuracy {r['val accuracy (%)']}%, test accuracy "
-              f"{r['accuracy (%)']}%, agreement {r['top-1 agreement (%)']}%, max diff {r['max abs logit diff']:.3f}")
-    best, best_tmp = max(candidates, key=lambda c: c[0]["val accuracy (%)"])
-    for r, t in candidates:
-        if t != best_tmp:
-            t.unlink()
-            r["kept"] = "no"
-    best["kept"] = "yes"
-    os.replace(best_tmp, out / FORMATS["onnx_int8"])
+        tmp = new_temp(FORMATS["onnx_fp32"])
+        export_onnx(model, tmp, meta)
+        rows.append(keep_if_equal("onnx_fp32", tmp))
+        fp32_path, fp32_acc = out / FORMATS["onnx_fp32"], rows[-1]["accuracy (%)"]
+
+        tmp = new_temp(FORMATS["ort_fp32"])
+        convert_to_ort(fp32_path, tmp)
+        rows.append(keep_if_equal("ort_fp32", tmp))
+
+        # INT8: per-tensor and per-channel weights, keep the one more accurate on val (never on test);
+        # depthwise convs are known to suffer under per-tensor scales
+        candidates = []
+        for per_channel in (False, True):
+            tmp = new_temp(FORMATS["onnx_int8"])
+            quantize_int8(fp32_path, tmp, calib, size, per_channel, meta)
+            run = make_runner("onnx_int8", tmp)
+            r = parity_row("onnx_int8", tmp, batched_logits(run, test.images, size), eager, labels)
+            r["file"] = FORMATS["onnx_int8"]
+            r["weights quantized"] = "per-channel" if per_channel else "per-tensor"
+            val_pred = batched_logits(run, val.images, size).argmax(1)
+            r["val accuracy (%)"] = round(100 * float((val_pred == val.labels.numpy()).mean()), 2)
+            candidates.append((r, tmp))
+            print(f"int8 {r['weights quantized']}: val accuracy {r['val accuracy (%)']}%, test accuracy "
+                  f"{r['accuracy (%)']}%, agreement {r['top-1 agreement (%)']}%, max diff {r['max abs logit diff']:.3f}")
+        best, best_tmp = max(candidates, key=lambda c: c[0]["val accuracy (%)"])
+        for r, t in candidates:
+            if t != best_tmp:
+                r["kept"] = "no"
+        best["kept"] = "yes"
+        os.replace(best_tmp, out / FORMATS["onnx_int8"])
+    finally:  # whatever failed or was not kept: no temp file stays behind
+        for t in temps:
+            t.unlink(missing_ok=True)
     rows += [r for r, _ in candidates]
     drop = fp32_acc - best["accuracy (%)"]
     if drop > INT8_MAX_DROP:

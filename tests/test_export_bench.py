@@ -96,3 +96,14 @@ def test_bench_quick_end_to_end(exported, tmp_path):
         assert r["p50 (ms)"] <= r["p90 (ms)"] <= r["p99 (ms)"]
     assert saved["input_pipeline"]["speed-up"] > 0 and saved["mnist"]["ratio scratch/autograd"] > 0
     assert (tmp_path / "b" / "bench.md").read_text().count("|") > 20 and (tmp_path / "b" / "bench.png").stat().st_size > 0
+
+
+def test_failed_export_leaves_no_temp_files(real_data, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantizer crashed")
+
+    monkeypatch.setattr(exporter, "quantize_int8", broken)
+    with pytest.raises(RuntimeError, match="quantizer crashed"):
+        exporter.run_export(str(SHIPPED_WEIGHTS), str(real_data), tmp_path / "out", 8, 0)
+    left = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert left == ["dog_emotion.onnx", "dog_emotion.ort", "dog_emotion.pt"], left  # verified files only
