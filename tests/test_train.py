@@ -94,6 +94,9 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
         ["predict", *map(str, images), "--weights", weights]))
     assert len(rows) == 2 and all(abs(sum(r["probs"].values()) - 1) < 1e-3 for r in rows)
     assert all(r["label"] in ("angry", "happy", "relaxed", "sad") for r in rows)
+    with pytest.raises(SystemExit, match="1 of 2 images could not be read"):
+        dog_emotion.main(["predict", str(images[0]), str(tmp_path / "missing.jpg"), "--weights", weights])
+    assert "missing.jpg: file not found" in capsys.readouterr().err
     (tmp_path / "bad.jpg").write_text("no")
     with pytest.raises(SystemExit, match="1 of 1 images could not be read"):
         dog_emotion.main(["predict", str(tmp_path / "bad.jpg"), "--weights", weights])

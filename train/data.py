@@ -99,6 +99,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     Transparent images are composited on white; CMYK, greyscale and palette images are converted.
     Raises BadImage naming the file for corrupt, truncated, non-image and tiny files.
     """
+    if not Path(path).is_file():
+        raise BadImage(f"{path}: file not found")
     try:
         with Image.open(path) as im:
             im.load()

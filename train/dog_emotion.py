@@ -279,7 +279,7 @@ def cmd_predict(args) -> list[dict]:
     for path in args.images:
         try:
             x = preprocess(load_rgb(path), model.config.input_size)
-        except (BadImage, FileNotFoundError) as e:
+        except BadImage as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
