@@ -40,7 +40,7 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 TEACHERS := artifacts/teachers/small/dog_emotion.pkl artifacts/teachers/base/dog_emotion.pkl
 train: $(STAMP) data ## train the shipped model from scratch: 2 teachers, then the distilled student -> artifacts/train/
 	$(MAKE) -j2 $(TEACHERS)
-	$(PY) -m train.dog_emotion train --data $(DATA) --model small --teacher $(TEACHERS) --threads 2 $(ARGS)
+	$(PY) -m train.dog_emotion train --data $(DATA) --model small --teacher $(TEACHERS) --threads 1 $(ARGS)
 
 artifacts/teachers/%/dog_emotion.pkl: | $(STAMP) data
 	@echo "training teacher '$*' from scratch (20-35 min); progress: tail -f artifacts/teachers-$*.log"
