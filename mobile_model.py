@@ -25,8 +25,8 @@ class ModelConfig:
     num_classes: int = 4
     dropout: float = 0.1
     # Eval-time horizontal-flip averaging, inside the network so every exported format has it:
-    # twice the MACs, no extra parameters; on this repo's four trained models it added 1.6
-    # points on val and 1.0 on test on average, but not on every model (README has the table).
+    # twice the MACs, no extra parameters; it helps most of the trained models but not every one
+    # (README's flip-averaging table has the measured numbers, kept there only so they cannot drift).
     flip_average: bool = False
 
     def to_dict(self) -> dict:
