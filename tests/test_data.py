@@ -111,6 +111,22 @@ def test_augment_batch_shapes_and_determinism():
     assert torch.isfinite(a).all()
 
 
+def test_random_erase_blanks_one_box_per_chosen_image():
+    from train.data import random_erase
+    x = torch.randn(64, 3, 32, 32) + 5                      # no pixel is 0 before erasing
+    out = random_erase(x, torch.Generator().manual_seed(0), prob=0.5)
+    blank = (out == 0).all(1)                               # (B, H, W): erased pixels, all channels
+    erased = blank.flatten(1).any(1)
+    assert 10 < erased.sum() < 54                           # about half the images, not all, not none
+    for mask in blank[erased]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert mask.sum() == box                            # one solid rectangle
+        assert 0.01 * 32 * 32 <= box <= 0.3 * 32 * 32       # of 2-25% of the area (pixel rounding aside)
+    assert torch.equal(out[~erased], x[~erased])            # the others untouched
+    assert torch.equal(random_erase(x, torch.Generator().manual_seed(0), prob=0.0), x)
+
+
 def write_raw(root):
     """Raw Kaggle-like folder: exact copies, near copies (resized + re-encoded), WebP named .jpg."""
     for k, c in enumerate(CLASSES):

@@ -240,8 +240,9 @@ def load_splits(root: str | Path, size: int, splits=SPLITS, cache_dir: Path | No
 # ---------------------------------------------------------------- batch augmentation
 
 def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generator,
-                  scale=(0.55, 1.0), max_rotate: float = 12.0, jitter: float = 0.3) -> torch.Tensor:
-    """Random resized crop + flip + small rotation + colour jitter on a whole batch at once.
+                  scale=(0.55, 1.0), max_rotate: float = 12.0, jitter: float = 0.3,
+                  erase_prob: float = 0.0) -> torch.Tensor:
+    """Random resized crop + flip + small rotation + colour jitter (+ random erasing) on a batch.
 
     One affine grid per image samples an input_size square from the stored square: a crop whose
     side is sqrt(area share) of the stored side, placed anywhere inside, mirrored half the time.
@@ -275,7 +276,29 @@ def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generat
     x = x.clamp(0, 1)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    x = (x - mean) / std
+    return random_erase(x, gen, erase_prob) if erase_prob > 0 else x  # no draws at 0: same stream
+
+
+def random_erase(x: torch.Tensor, gen: torch.Generator, prob: float,
+                 area=(0.02, 0.25), log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017), batched: with probability `prob` per image, one box of
+    2-25% of the image, aspect ratio 0.3-3.3, is set to 0 (the data mean after normalisation)."""
+    b, _, h, w = x.shape
+
+    def uniform(lo, hi):
+        return torch.rand(b, generator=gen) * (hi - lo) + lo
+
+    share, ratio = uniform(*area), uniform(*log_ratio).exp()
+    bh = (share * ratio).sqrt().clamp(max=1) * h           # box height and width in pixels
+    bw = (share / ratio).sqrt().clamp(max=1) * w
+    top, left = uniform(0, 1) * (h - bh), uniform(0, 1) * (w - bw)
+    erase = torch.rand(b, generator=gen) < prob
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    box = ((rows >= top.view(b, 1, 1)) & (rows < (top + bh).view(b, 1, 1))
+           & (cols >= left.view(b, 1, 1)) & (cols < (left + bw).view(b, 1, 1)) & erase.view(b, 1, 1))
+    return x.masked_fill(box[:, None], 0.0)
 
 
 def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None, drop_last: bool = False):

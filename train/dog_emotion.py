@@ -94,7 +94,8 @@ def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_st
         lr = lr_at(step, total_steps, args.warmup_epochs * steps_per_epoch, args.lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x, target = mix_batch(augment_batch(split.images[idx], size, gen), split.labels[idx],
+        x = augment_batch(split.images[idx], size, gen, scale=(args.crop_scale, 1.0), erase_prob=args.erase_prob)
+        x, target = mix_batch(x, split.labels[idx],
                               len(split.classes), gen, args.mix_prob)
         y = target.argmax(1)  # the dominant label, for the running train accuracy
         logits = model(x)
@@ -308,6 +309,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
     t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
     t.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (default: %(default)s)")
+    t.add_argument("--crop-scale", type=float, default=0.55, help="smallest area share of a random crop (default: %(default)s)")
+    t.add_argument("--erase-prob", type=float, default=0.0, help="share of images with one random box erased (default: %(default)s)")
     t.add_argument("--mix-prob", type=float, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
     t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
     t.add_argument("--ema-decay", type=float, default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
