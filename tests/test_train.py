@@ -104,11 +104,13 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
         dog_emotion.main(["evaluate", "--data", str(tmp_path / "nowhere"), "--weights", weights])
 
 
-def test_distillation_and_mixing_run(split_root, tmp_path):
+def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
     teacher = run_train(split_root, tmp_path / "teacher", "--epochs", "1")
     student = run_train(split_root, tmp_path / "student", "--epochs", "1", "--teacher",
-                        str(tmp_path / "teacher" / "dog_emotion.pkl"), "--mix-prob", "1.0")
+                        str(tmp_path / "teacher" / "dog_emotion.pkl"), "--mix-prob", "1.0",
+                        "--crop-scale", "0.25", "--erase-prob", "0.5")
     assert student["args"]["teacher"][0].endswith("dog_emotion.pkl") and student["args"]["mix_prob"] == 1.0
+    assert student["args"]["crop_scale"] == 0.25 and student["args"]["erase_prob"] == 0.5
     assert teacher["history"][0]["train_loss"] != student["history"][0]["train_loss"]
     other = tmp_path / "other.pkl"
     save_weights(build_model("nano"), ["w", "x", "y", "z"], other)
