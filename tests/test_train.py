@@ -89,6 +89,7 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
         last = capsys.readouterr().out.strip().splitlines()[-1]
         result = json.loads(last)
         assert result["n"] == 16 and 0 <= result["accuracy"] <= 100 and result["params"] == params
+        assert result["ci95"][0] <= result["accuracy"] <= result["ci95"][1]
     images = sorted((split_root / "test" / "sad").iterdir())[:2]
     rows = dog_emotion.cmd_predict(dog_emotion.get_args_parser().parse_args(
         ["predict", *map(str, images), "--weights", weights]))
@@ -116,6 +117,14 @@ def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
     save_weights(build_model("nano"), ["w", "x", "y", "z"], other)
     with pytest.raises(SystemExit, match="teacher has classes"):
         run_train(split_root, tmp_path / "bad", "--epochs", "1", "--teacher", str(other))
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    from train.dog_emotion import wilson_interval
+    lo, hi = wilson_interval(70, 100)   # by hand: centre 0.719208/1.038416, half 1.96*sqrt(.00219604)/1.038416
+    assert abs(lo - 60.415) < 1e-3 and abs(hi - 78.105) < 1e-3
+    lo, hi = wilson_interval(0, 10)                          # stays inside [0, 100] where the normal one does not
+    assert lo == 0 and 0 < hi < 35
 
 
 def test_mix_batch_targets_are_distributions():

@@ -125,6 +125,17 @@ def predict_logits(model, images_uint8: torch.Tensor, batch_size: int = 256) -> 
                       for i in range(0, len(images_uint8), batch_size)])
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy, in percent: how far a 400-image split's number
+    could move on another sample of the same data (about +-4.5 points at 70%)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
 def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
     """Loss, accuracy, per-class accuracy and confusion matrix of a decoded split."""
     logits = predict_logits(model, split.images)
@@ -263,10 +274,13 @@ def cmd_evaluate(args) -> dict:
         raise DataError(f"{folder}: class folders {found} differ from the model's classes {ckpt['classes']}")
     split = load_folder(folder, ckpt["classes"], size, cache)
     r = evaluate(model, split)
+    lo, hi = wilson_interval(round(r["acc"] * r["n"] / 100), r["n"])
     print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped")
+    print(f"  accuracy {r['acc']:.2f}% (95% interval {lo:.1f}-{hi:.1f}%)")
     for c, a in r["per_class"].items():
         print(f"  {c:8s} {a:5.1f}%")
-    result = {"accuracy": round(r["acc"], 2), "n": r["n"], "params": count_parameters(model),
+    result = {"accuracy": round(r["acc"], 2), "ci95": [round(lo, 2), round(hi, 2)], "n": r["n"],
+              "params": count_parameters(model),
               "skipped": len(split.skipped), "per_class": {c: round(a, 2) for c, a in r["per_class"].items()},
               "weights": str(args.weights), "data": str(folder)}
     print(json.dumps(result))
