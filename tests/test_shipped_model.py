@@ -26,7 +26,8 @@ def test_parameter_count_matches_readme_and_weights_file():
     assert ckpt["params"] == stated == count_parameters(loaded)
     # the count is the sum over the layers, nothing hidden in buffers
     assert stated == sum(p.numel() for p in loaded.parameters())
-    assert dog_emotion.SHIPPED_WEIGHTS.stat().st_size < 200_000, "weights/ must stay small (tens of kB)"
+    # float32 weights plus BatchNorm buffers and a little metadata: nothing else rides along
+    assert dog_emotion.SHIPPED_WEIGHTS.stat().st_size < 4 * stated + 100_000
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
