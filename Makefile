@@ -38,7 +38,7 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 # The shipped recipe: `large` from scratch in one stage, 200 epochs, strong augmentation. One
 # thread is part of the recipe: with it, a rerun on this machine gives the same weights bit for bit.
 SHIPPED_RECIPE := --model large --epochs 200 --crop-scale 0.25 --erase-prob 0.25 --threads 1
-train: $(STAMP) data ## train the shipped model from scratch (about 40 min here) -> artifacts/train/
+train: $(STAMP) data ## train the shipped model from scratch (one stage; 47 min here, sharing the cores) -> artifacts/train/
 	$(PY) -m train.dog_emotion train --data $(DATA) $(SHIPPED_RECIPE) $(ARGS)
 
 train-quick: $(STAMP) data ## the shipped recipe for 30 epochs, for trying things (13 min here, sharing the cores) -> artifacts/train-quick/
