@@ -112,6 +112,8 @@ def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
                         "--crop-scale", "0.25", "--erase-prob", "0.5")
     assert student["args"]["teacher"][0].endswith("dog_emotion.pkl") and student["args"]["mix_prob"] == 1.0
     assert student["args"]["crop_scale"] == 0.25 and student["args"]["erase_prob"] == 0.5
+    with pytest.raises(SystemExit):                          # argparse: "1.5 is not between 0 and 1"
+        dog_emotion.get_args_parser().parse_args(["train", "--erase-prob", "1.5"])
     assert teacher["history"][0]["train_loss"] != student["history"][0]["train_loss"]
     other = tmp_path / "other.pkl"
     save_weights(build_model("nano"), ["w", "x", "y", "z"], other)
@@ -119,7 +121,7 @@ def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
         run_train(split_root, tmp_path / "bad", "--epochs", "1", "--teacher", str(other))
 
 
-def test_wilson_interval_matches_the_textbook_values():
+def test_wilson_interval_matches_hand_computed_values():
     from train.dog_emotion import wilson_interval
     lo, hi = wilson_interval(70, 100)   # by hand: centre 0.719208/1.038416, half 1.96*sqrt(.00219604)/1.038416
     assert abs(lo - 60.415) < 1e-3 and abs(hi - 78.105) < 1e-3

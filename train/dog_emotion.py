@@ -95,8 +95,7 @@ def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_st
         for g in optimizer.param_groups:
             g["lr"] = lr
         x = augment_batch(split.images[idx], size, gen, scale=(args.crop_scale, 1.0), erase_prob=args.erase_prob)
-        x, target = mix_batch(x, split.labels[idx],
-                              len(split.classes), gen, args.mix_prob)
+        x, target = mix_batch(x, split.labels[idx], len(split.classes), gen, args.mix_prob)
         y = target.argmax(1)  # the dominant label, for the running train accuracy
         logits = model(x)
         loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
@@ -309,6 +308,14 @@ def cmd_predict(args) -> list[dict]:
     return results
 
 
+def fraction(text: str) -> float:
+    """argparse type for shares and probabilities: a float in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -323,9 +330,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
     t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
     t.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (default: %(default)s)")
-    t.add_argument("--crop-scale", type=float, default=0.55, help="smallest area share of a random crop (default: %(default)s)")
-    t.add_argument("--erase-prob", type=float, default=0.0, help="share of images with one random box erased (default: %(default)s)")
-    t.add_argument("--mix-prob", type=float, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
+    t.add_argument("--crop-scale", type=fraction, default=0.55, help="smallest area share of a random crop (default: %(default)s)")
+    t.add_argument("--erase-prob", type=fraction, default=0.0, help="share of images with one random box erased (default: %(default)s)")
+    t.add_argument("--mix-prob", type=fraction, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
     t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
     t.add_argument("--ema-decay", type=float, default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
     t.add_argument("--teacher", nargs="*", default=[], help="weights .pkl of models trained here from scratch to distil from; several = their ensemble (default: none)")
