@@ -239,6 +239,11 @@ def load_splits(root: str | Path, size: int, splits=SPLITS, cache_dir: Path | No
 
 # ---------------------------------------------------------------- batch augmentation
 
+def uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    """n draws from U(lo, hi): one random parameter per image of a batch."""
+    return torch.rand(n, generator=gen) * (hi - lo) + lo
+
+
 def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generator,
                   scale=(0.55, 1.0), max_rotate: float = 12.0, jitter: float = 0.3,
                   erase_prob: float = 0.0) -> torch.Tensor:
@@ -249,15 +254,11 @@ def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generat
     """
     b = batch_uint8.shape[0]
     x = batch_uint8.float() / 255
-
-    def uniform(lo, hi):
-        return torch.rand(b, generator=gen) * (hi - lo) + lo
-
-    side = uniform(*scale).sqrt()                               # crop side / stored side
-    angle = uniform(-max_rotate, max_rotate) * math.pi / 180
+    side = uniform(b, *scale, gen).sqrt()                       # crop side / stored side
+    angle = uniform(b, -max_rotate, max_rotate, gen) * math.pi / 180
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    tx = uniform(-1, 1) * (1 - side)
-    ty = uniform(-1, 1) * (1 - side)
+    tx = uniform(b, -1, 1, gen) * (1 - side)
+    ty = uniform(b, -1, 1, gen) * (1 - side)
     cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
                          torch.stack([sin * flip, cos, ty], 1)], 1)
@@ -266,7 +267,7 @@ def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generat
 
     # colour jitter: brightness, contrast, saturation, each a per-image factor in [1-j, 1+j]
     def factor():
-        return uniform(1 - jitter, 1 + jitter).view(b, 1, 1, 1)
+        return uniform(b, 1 - jitter, 1 + jitter, gen).view(b, 1, 1, 1)
 
     x = x * factor()
     mean = x.mean((1, 2, 3), keepdim=True)
@@ -285,14 +286,10 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, prob: float,
     """Random erasing (Zhong et al. 2017), batched: with probability `prob` per image, one box of
     2-25% of the image, aspect ratio 0.3-3.3, is set to 0 (the data mean after normalisation)."""
     b, _, h, w = x.shape
-
-    def uniform(lo, hi):
-        return torch.rand(b, generator=gen) * (hi - lo) + lo
-
-    share, ratio = uniform(*area), uniform(*log_ratio).exp()
+    share, ratio = uniform(b, *area, gen), uniform(b, *log_ratio, gen).exp()
     bh = (share * ratio).sqrt().clamp(max=1) * h           # box height and width in pixels
     bw = (share / ratio).sqrt().clamp(max=1) * w
-    top, left = uniform(0, 1) * (h - bh), uniform(0, 1) * (w - bw)
+    top, left = uniform(b, 0, 1, gen) * (h - bh), uniform(b, 0, 1, gen) * (w - bw)
     erase = torch.rand(b, generator=gen) < prob
     rows = torch.arange(h).view(1, h, 1)
     cols = torch.arange(w).view(1, 1, w)
