@@ -144,8 +144,9 @@ def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
     cm.index_put_((split.labels, pred), torch.ones_like(pred), accumulate=True)
     per_class = {c: (100 * cm[i, i].item() / cm[i].sum().item()) if cm[i].sum() else float("nan")
                  for i, c in enumerate(split.classes)}
+    hit = pred == split.labels
     return {"loss": F.cross_entropy(logits, split.labels, label_smoothing=label_smoothing).item(),
-            "acc": 100 * (pred == split.labels).float().mean().item(), "n": len(split),
+            "acc": 100 * hit.float().mean().item(), "correct": hit.sum().item(), "n": len(split),
             "per_class": per_class, "confusion": cm.tolist()}
 
 
@@ -273,7 +274,7 @@ def cmd_evaluate(args) -> dict:
         raise DataError(f"{folder}: class folders {found} differ from the model's classes {ckpt['classes']}")
     split = load_folder(folder, ckpt["classes"], size, cache)
     r = evaluate(model, split)
-    lo, hi = wilson_interval(round(r["acc"] * r["n"] / 100), r["n"])
+    lo, hi = wilson_interval(r["correct"], r["n"])
     print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped")
     print(f"  accuracy {r['acc']:.2f}% (95% interval {lo:.1f}-{hi:.1f}%)")
     for c, a in r["per_class"].items():
