@@ -37,7 +37,8 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 
 # The shipped recipe: `large` from scratch in one stage, 200 epochs, strong augmentation. One
 # thread is part of the recipe: with it, a rerun on this machine gives the same weights bit for bit.
-SHIPPED_RECIPE := --model large --epochs 200 --crop-scale 0.25 --erase-prob 0.25 --threads 1
+STRONG_AUG := --crop-scale 0.25 --erase-prob 0.25
+SHIPPED_RECIPE := --model large --epochs 200 $(STRONG_AUG) --threads 1
 train: $(STAMP) data ## train the shipped model from scratch (one stage; 47 min here, sharing the cores) -> artifacts/train/
 	$(PY) -m train.dog_emotion train --data $(DATA) $(SHIPPED_RECIPE) $(ARGS)
 
@@ -50,7 +51,7 @@ TEACHER_OPTS_small := --model small
 TEACHER_OPTS_base := --model base
 TEACHER_OPTS_large-seed0 := --model large --seed 0 --epochs 200
 TEACHER_OPTS_large-seed1 := --model large --seed 1 --epochs 200
-TEACHER_OPTS_large-aug := --model large --seed 0 --epochs 200 --crop-scale 0.25 --erase-prob 0.25
+TEACHER_OPTS_large-aug := --model large --seed 0 --epochs 200 $(STRONG_AUG)
 teacher = artifacts/teachers/$(1)/dog_emotion.pkl
 SMALL_TEACHERS := $(call teacher,small) $(call teacher,base)
 
