@@ -99,6 +99,9 @@ def count_parameters(model: nn.Module) -> int:
 CONFIGS: dict[str, ModelConfig] = {
     "nano": ModelConfig(stem=12, stages=((16, 2, 1), (32, 2, 2), (48, 2, 2)), flip_average=True),
     "small": ModelConfig(stem=16, stages=((24, 2, 1), (48, 2, 2), (96, 2, 2)), flip_average=True),
+    # the phone-sized candidate: wider and one block deeper at 56x56 and 28x28, where channels
+    # cost MACs but few parameters; narrow at 7x7, where each channel costs the most parameters
+    "phone": ModelConfig(stem=24, stages=((32, 1, 1), (48, 2, 2), (64, 2, 2), (120, 2, 1)), flip_average=True),
     "base": ModelConfig(stem=16, stages=((32, 2, 1), (64, 2, 2), (160, 2, 2)), flip_average=True),
     # the shipped one: wide only where the feature maps are small (14x14, 7x7), so it has 8.8x
     # the parameters of small for 1.7x its time per training step (one thread)
