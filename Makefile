@@ -11,15 +11,13 @@ WEIGHTS ?= weights/dog_emotion.pkl
 RAW ?=
 OUT ?= artifacts/prepared_data
 ARGS ?=
-TEACHER_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train train-quick sizes eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
+.PHONY: help venv data train train-quick teacher train-all sizes eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=<split root> (default $(DATA)), WEIGHTS=<.pkl>, ARGS='<extra CLI options>',"
-	@echo "             TEACHER_ARGS='<extra options for the teachers of make sizes>'"
+	@echo "  variables: DATA=<split root> (default $(DATA)), WEIGHTS=<.pkl>, ARGS='<extra CLI options>'"
 
 $(STAMP): requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -35,37 +33,34 @@ data/dog_emotion:
 
 data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emotion) to data/dog_emotion
 
-# The shipped recipe: `large` from scratch in one stage, 200 epochs, strong augmentation. One
-# thread is part of the recipe: with it, a rerun on this machine gives the same weights bit for bit.
-STRONG_AUG := --crop-scale 0.25 --erase-prob 0.25
-SHIPPED_RECIPE := --model large --epochs 200 $(STRONG_AUG) --threads 1
-train: $(STAMP) data ## train the shipped model from scratch (one stage; 47 min here, sharing the cores) -> artifacts/train/
-	$(PY) -m train.dog_emotion train --data $(DATA) $(SHIPPED_RECIPE) $(ARGS)
+# Every named training run is a recipe file, recipes/<name>.toml, loaded with --config; ARGS
+# overrides any of its options. The shipped model is recipes/phone.toml.
+TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
+train: $(STAMP) data ## train the shipped model (recipes/phone.toml) against the shipped teacher -> artifacts/train/
+	$(TRAIN) --config recipes/phone.toml $(ARGS)
 
-train-quick: $(STAMP) data ## the shipped recipe for 30 epochs, for trying things (13 min here, sharing the cores) -> artifacts/train-quick/
-	$(PY) -m train.dog_emotion train --data $(DATA) $(SHIPPED_RECIPE) --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
+train-quick: $(STAMP) data ## the shipped recipe for 30 epochs on both cores, for trying things -> artifacts/train-quick/
+	$(TRAIN) --config recipes/phone.toml --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
 
-# Teachers for distillation (README's size table): trained from scratch, one thread each,
-# evaluated without flip averaging (half the cost). A teacher's folder name picks its options.
-TEACHER_OPTS_small := --model small
-TEACHER_OPTS_base := --model base
-TEACHER_OPTS_large-seed0 := --model large --seed 0 --epochs 200
-TEACHER_OPTS_large-seed1 := --model large --seed 1 --epochs 200
-TEACHER_OPTS_large-aug := --model large --seed 0 --epochs 200 $(STRONG_AUG)
-teacher = artifacts/teachers/$(1)/dog_emotion.pkl
-SMALL_TEACHERS := $(call teacher,small) $(call teacher,base)
+teacher: $(STAMP) data ## train the 190k teacher from scratch (recipes/large.toml) -> artifacts/teacher/
+	$(TRAIN) --config recipes/large.toml --out artifacts/teacher $(ARGS)
 
-artifacts/teachers/%/dog_emotion.pkl: | $(STAMP) data
-	@test -n "$(TEACHER_OPTS_$*)" || { echo "no teacher named '$*' in the Makefile (TEACHER_OPTS_$*)"; exit 1; }
-	@echo "training teacher '$*' from scratch (20-40 min); progress: tail -f artifacts/teachers-$*.log"
-	mkdir -p artifacts && $(PY) -m train.dog_emotion train --data $(DATA) $(TEACHER_OPTS_$*) --no-flip-average --threads 1 --out artifacts/teachers/$* $(TEACHER_ARGS) > artifacts/teachers-$*.log 2>&1 \
-		|| { tail -n 20 artifacts/teachers-$*.log; exit 1; }
-	@grep "^best epoch" artifacts/teachers-$*.log
+train-all: $(STAMP) data ## everything from scratch: the teacher, then the shipped model against it -> artifacts/teacher/, artifacts/train/
+	$(TRAIN) --config recipes/large.toml --out artifacts/teacher $(ARGS)
+	$(TRAIN) --config recipes/phone.toml --teacher artifacts/teacher/dog_emotion.pkl $(ARGS)
 
-sizes: $(STAMP) data ## the small rows of README's size table: 2 teachers, then `small` and `nano` distilled from them -> artifacts/sizes/
-	$(MAKE) -j2 $(SMALL_TEACHERS)
-	$(PY) -m train.dog_emotion train --data $(DATA) --model small --teacher $(SMALL_TEACHERS) --threads 1 --out artifacts/sizes/small $(ARGS)
-	$(PY) -m train.dog_emotion train --data $(DATA) --model nano --teacher $(SMALL_TEACHERS) --threads 1 --out artifacts/sizes/nano $(ARGS)
+# Any recipe by name: make artifacts/runs/<name>/dog_emotion.pkl trains recipes/<name>.toml.
+artifacts/runs/%/dog_emotion.pkl: recipes/%.toml | $(STAMP) data
+	@mkdir -p artifacts/runs
+	@echo "training recipe '$*'; progress: tail -f artifacts/runs/$*.log"
+	$(TRAIN) --config $< --out artifacts/runs/$* $(ARGS) > artifacts/runs/$*.log 2>&1 || { tail -n 20 artifacts/runs/$*.log; exit 1; }
+	@grep "^best epoch" artifacts/runs/$*.log
+SIZES_TEACHERS := artifacts/runs/small-plain/dog_emotion.pkl artifacts/runs/base-plain/dog_emotion.pkl
+artifacts/runs/small-distilled/dog_emotion.pkl artifacts/runs/nano-distilled/dog_emotion.pkl: $(SIZES_TEACHERS)
+
+sizes: $(STAMP) data ## rows of the size table: two plain teachers, then `small` and `nano` distilled from them -> artifacts/runs/
+	$(MAKE) -j2 $(SIZES_TEACHERS)
+	$(MAKE) -j2 artifacts/runs/small-distilled/dog_emotion.pkl artifacts/runs/nano-distilled/dog_emotion.pkl
 
 evaluate: $(STAMP) data ## accuracy of WEIGHTS on the test split of DATA (last line: JSON)
 	$(PY) -m train.dog_emotion evaluate --data $(DATA) --weights $(WEIGHTS) $(ARGS)

@@ -5,12 +5,21 @@ instance of `MobileCNN` built from an entry of `CONFIGS`. The block is MobileNet
 depthwise 3x3 + pointwise 1x1, each followed by BatchNorm and ReLU. ReLU (not SiLU/Hardswish)
 because it exports to every ONNX opset as one op, fuses into Conv in onnxruntime, and its
 output range [0, inf) quantizes to uint8 without wasting half the levels.
+
+Two forms of one network share a config. The *training* form has BatchNorm after every
+convolution and, with `branches > 0`, MobileOne-style parallel branches (Vasu et al. 2023):
+extra k x k conv+BN branches, a 1x1 conv+BN branch and a BN-only identity branch, all summed
+before the ReLU. They add capacity while training and cost nothing at inference, because
+`fold()` turns every such unit into one convolution with a bias (the *inference* form,
+`folded=True`). Weights ship folded, and `count_parameters()` of the folded model is the count
+of the exported ONNX file's conv/linear initializers.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -28,6 +37,8 @@ class ModelConfig:
     # twice the MACs, no extra parameters; it helps most of the trained models but not every one
     # (README's flip-averaging table has the measured numbers, kept there only so they cannot drift).
     flip_average: bool = False
+    branches: int = 0                   # extra parallel conv+BN branches per conv while training (0 = plain)
+    folded: bool = False                # inference form: BN and branches folded into one conv with a bias
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -42,21 +53,46 @@ class ModelConfig:
         return cls(**known)
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+class RepConvBN(nn.Module):
+    """Training-time conv unit with parallel branches whose outputs are summed (MobileOne):
+    `1 + extra` k x k conv+BN, one 1x1 conv+BN (k > 1) and one BN identity (shape-preserving)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int, extra: int):
+        super().__init__()
+        self.convs = nn.ModuleList(conv_bn(cin, cout, kernel, stride, groups) for _ in range(1 + extra))
+        self.scale = conv_bn(cin, cout, 1, stride, groups) if kernel > 1 else None
+        self.identity = nn.BatchNorm2d(cout) if stride == 1 and cin == cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = sum(c(x) for c in self.convs)
+        if self.scale is not None:
+            y = y + self.scale(x)
+        return y + self.identity(x) if self.identity is not None else y
+
+
+def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout))
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                 config: ModelConfig = ModelConfig()) -> nn.Sequential:
+    """One conv unit in the form the config asks for; the ReLU is always the last module."""
+    if config.folded:
+        conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=True)
+        return nn.Sequential(conv, nn.ReLU(inplace=True))
+    if config.branches:
+        return nn.Sequential(RepConvBN(cin, cout, kernel, stride, groups, config.branches), nn.ReLU(inplace=True))
+    return nn.Sequential(*conv_bn(cin, cout, kernel, stride, groups), nn.ReLU(inplace=True))
 
 
 class SeparableBlock(nn.Module):
     """Depthwise 3x3 then pointwise 1x1; a residual add when shapes allow (stride 1, same width)."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, config: ModelConfig):
         super().__init__()
-        self.depthwise = conv_bn_relu(cin, cin, 3, stride, groups=cin)
-        self.pointwise = conv_bn_relu(cin, cout, 1)
+        self.depthwise = conv_bn_relu(cin, cin, 3, stride, groups=cin, config=config)
+        self.pointwise = conv_bn_relu(cin, cout, 1, config=config)
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,11 +104,11 @@ class MobileCNN(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
-        layers = [conv_bn_relu(3, config.stem, 3, stride=2)]
+        layers = [conv_bn_relu(3, config.stem, 3, stride=2, config=config)]
         cin = config.stem
         for cout, stride, blocks in config.stages:
             for i in range(blocks):
-                layers.append(SeparableBlock(cin, cout, stride if i == 0 else 1))
+                layers.append(SeparableBlock(cin, cout, stride if i == 0 else 1, config))
                 cin = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -89,10 +125,68 @@ class MobileCNN(nn.Module):
         x = self.pool(self.features(x)).flatten(1)
         return self.classifier(self.dropout(x))
 
+    def conv_units(self) -> list[nn.Sequential]:
+        """The conv units (conv ... ReLU) in network order: the same order in every form."""
+        return [m for m in self.modules() if isinstance(m, nn.Sequential) and isinstance(m[-1], nn.ReLU)]
+
+
+def _bn_fold(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv (no bias) followed by BN in eval mode == conv with weight * s and bias beta - mean * s."""
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return weight * s.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * s
+
+
+def _identity_kernel(conv_shape: torch.Size, groups: int) -> torch.Tensor:
+    """The kernel of a conv that passes its input through unchanged (channel i -> channel i)."""
+    cout, cin_per_group, k, _ = conv_shape
+    w = torch.zeros(conv_shape)
+    idx = torch.arange(cout)
+    w[idx, idx % cin_per_group, k // 2, k // 2] = 1.0
+    return w
+
+
+def _unit_kernel(unit: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
+    """One conv unit of the training form as a single (weight, bias)."""
+    first = unit[0]
+    if isinstance(first, nn.Conv2d):          # plain: conv, BN, ReLU
+        return _bn_fold(first.weight, unit[1])
+    conv = first.convs[0][0]
+    k = conv.kernel_size[0]
+    pairs = [_bn_fold(c[0].weight, c[1]) for c in first.convs]
+    if first.scale is not None:
+        w, b = _bn_fold(first.scale[0].weight, first.scale[1])
+        pairs.append((F.pad(w, [k // 2] * 4), b))  # a 1x1 kernel is the centre of a k x k one
+    if first.identity is not None:
+        pairs.append(_bn_fold(_identity_kernel(conv.weight.shape, conv.groups), first.identity))
+    return sum(w for w, _ in pairs), sum(b for _, b in pairs)
+
+
+@torch.no_grad()
+def fold(model: MobileCNN) -> MobileCNN:
+    """The inference form of a model: every conv unit one convolution with a bias, same outputs
+    in eval mode (to float rounding). A folded model is returned unchanged."""
+    if model.config.folded:
+        return model
+    folded = MobileCNN(replace(model.config, folded=True, branches=0)).eval()
+    for src, dst in zip(model.conv_units(), folded.conv_units(), strict=True):
+        w, b = _unit_kernel(src)
+        dst[0].weight.copy_(w)
+        dst[0].bias.copy_(b)
+    folded.classifier.load_state_dict(model.classifier.state_dict())
+    return folded
+
 
 def count_parameters(model: nn.Module) -> int:
-    """Learned parameters, frozen or not (BatchNorm running stats are buffers and are not counted)."""
+    """Learned parameters, frozen or not (BatchNorm running stats are buffers and are not counted).
+    Of a folded model, this is the count that ships; `inference_parameters` gives it for any form."""
     return sum(p.numel() for p in model.parameters())
+
+
+def inference_parameters(model: MobileCNN) -> int:
+    """Parameters of the model as it ships: BN and branches folded (the exported ONNX file's count).
+    Built on the meta device: no memory, and no draw from the global RNG that training relies on."""
+    with torch.device("meta"):
+        return count_parameters(MobileCNN(replace(model.config, folded=True, branches=0)))
 
 
 # The named sizes. "large" ships in weights/; README's trade-off table has rows for each.

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,62 +27,21 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.profile import profile, report
+from export.runtimes import FORMATS, batched_logits, make_runner
 from train.checkpoint import CheckpointError, load_weights
-from train.common import ARTIFACTS, REPO_ROOT, markdown_table, save_json, save_text
-from train.data import DEFAULT_DATA, DataError, check_data_root, eval_transform, load_folder, storage_size
+from train.common import ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, save_json, save_text, temp_path
+from train.data import DEFAULT_DATA, DataError, check_data_root, eval_batches, load_folder, storage_size
 
 OPSET = 18
 FP32_ATOL = 1e-4
 INT8_MAX_DROP = 1.0  # accuracy points
-FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "ort_fp32": "dog_emotion.ort",
-           "onnx_int8": "dog_emotion.int8.onnx"}
 
 
 class ExportError(Exception):
     pass
 
 
-# ---------------------------------------------------------------- runners shared with benchmark/
-
-def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    if ort_format:  # onnxruntime guesses the format from the extension, which a temp name lacks
-        opts.add_session_config_entry("session.load_model_format", "ORT")
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module | None = None, threads: int = 1):
-    """A function float32 (B,3,R,R) numpy -> logits numpy for one format (onnx_*/ort_* run in onnxruntime)."""
-    if fmt == "eager":
-        return lambda x: _torch_run(model, x)
-    if fmt == "torchscript":
-        ts = torch.jit.load(str(path))
-        return lambda x: _torch_run(ts, x)
-    sess = ort_session(path, threads, ort_format=fmt.startswith("ort"))
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})[0]
-
-
-@torch.no_grad()
-def _torch_run(model, x: np.ndarray) -> np.ndarray:
-    return model(torch.from_numpy(x)).numpy()
-
-
-def batched_logits(run, images_uint8: torch.Tensor, input_size: int, batch: int = 100) -> np.ndarray:
-    return np.concatenate([run(eval_transform(images_uint8[i:i + batch], input_size).numpy())
-                           for i in range(0, len(images_uint8), batch)])
-
-
 # ---------------------------------------------------------------- the exports
-
-def temp_path(final: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
-
 
 def export_torchscript(model, tmp: Path) -> list[str]:
     x = torch.zeros(1, 3, model.config.input_size, model.config.input_size)
@@ -90,7 +49,8 @@ def export_torchscript(model, tmp: Path) -> list[str]:
         warnings.simplefilter("always")
         traced = torch.jit.trace(model, x)
         torch.jit.save(traced, str(tmp))
-    # torch.jit is deprecated in torch 2.14; the design asks for TorchScript, so keep it and say so
+    # torch.jit is deprecated in torch 2.14; TorchScript stays for apps that still load it, and the
+    # export prints the warnings instead of hiding them
     return sorted({str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning, UserWarning))})
 
 
@@ -136,8 +96,7 @@ def convert_to_ort(onnx_path: Path, tmp: Path) -> None:
 
 class ImageReader(CalibrationDataReader):
     def __init__(self, images_uint8: torch.Tensor, input_size: int, batch: int = 32):
-        self.batches = [eval_transform(images_uint8[i:i + batch], input_size).numpy()
-                        for i in range(0, len(images_uint8), batch)]
+        self.batches = [x.numpy() for x in eval_batches(images_uint8, input_size, batch)]
         self.it = iter(self.batches)
 
     def get_next(self):
@@ -163,8 +122,8 @@ def parity_row(fmt: str, path: Path | None, logits: np.ndarray, eager: np.ndarra
     return {"format": fmt, "file": path.name if path else "-",
             "size (kB)": round(path.stat().st_size / 1024, 1) if path else "-",
             "max abs logit diff": float(np.abs(logits - eager).max()),
-            "top-1 agreement (%)": round(100 * float((logits.argmax(1) == eager.argmax(1)).mean()), 2),
-            "accuracy (%)": round(100 * float((logits.argmax(1) == labels).mean()), 2)}
+            "top-1 agreement (%)": round(accuracy(logits, eager.argmax(1)), 2),
+            "accuracy (%)": round(accuracy(logits, labels), 2)}
 
 
 def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) -> tuple[list[dict], dict]:
@@ -227,8 +186,7 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
             r = parity_row("onnx_int8", tmp, batched_logits(run, test.images, size), eager, labels)
             r["file"] = FORMATS["onnx_int8"]
             r["weights quantized"] = "per-channel" if per_channel else "per-tensor"
-            val_pred = batched_logits(run, val.images, size).argmax(1)
-            r["val accuracy (%)"] = round(100 * float((val_pred == val.labels.numpy()).mean()), 2)
+            r["val accuracy (%)"] = round(accuracy(batched_logits(run, val.images, size), val.labels.numpy()), 2)
             candidates.append((r, tmp))
             print(f"int8 {r['weights quantized']}: val accuracy {r['val accuracy (%)']}%, test accuracy "
                   f"{r['accuracy (%)']}%, agreement {r['top-1 agreement (%)']}%, max diff {r['max abs logit diff']:.3f}")
@@ -252,7 +210,7 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default=str(REPO_ROOT / "weights" / "dog_emotion.pkl"), help="weights .pkl (default: %(default)s)")
+    ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="split root; test for parity, train for calibration (default: %(default)s)")
     ap.add_argument("--out", default=str(ARTIFACTS / "export"), help="output folder (default: %(default)s)")
     ap.add_argument("--calib-count", type=int, default=300, help="training images for INT8 calibration (default: %(default)s)")

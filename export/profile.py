@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mobile_model import count_parameters
 from train.checkpoint import CheckpointError, load_weights
-from train.common import ARTIFACTS, REPO_ROOT, markdown_table, save_json, save_text
+from train.common import ARTIFACTS, SHIPPED_WEIGHTS, markdown_table, save_json, save_text
 
 
 def leaf_shapes(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple]:
@@ -88,7 +88,7 @@ def report(p: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default=str(REPO_ROOT / "weights" / "dog_emotion.pkl"), help="weights .pkl (default: %(default)s)")
+    ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
     ap.add_argument("--out", default=str(ARTIFACTS / "profile"), help="output folder (default: %(default)s)")
     args = ap.parse_args(argv)
     try:

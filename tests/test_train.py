@@ -43,8 +43,10 @@ def test_interrupted_run_resumes_to_the_same_result(split_root, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
     assert full["test_acc"] == resumed["test_acc"]
-    with pytest.raises(SystemExit, match="same options"):
+    with pytest.raises(SystemExit, match="epochs=3, now 4.*same options"):
         run_train(split_root, tmp_path / "cut", "--epochs", "4", "--seed", "5", "--resume")
+    with pytest.raises(SystemExit, match="lr=0.004, now 0.01"):   # any option that changes the result
+        run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--lr", "0.01", "--resume")
 
 
 def test_other_architecture_and_tampered_files_are_refused(tmp_path):
@@ -106,19 +108,58 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
 
 
 def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
-    teacher = run_train(split_root, tmp_path / "teacher", "--epochs", "1")
-    student = run_train(split_root, tmp_path / "student", "--epochs", "1", "--teacher",
-                        str(tmp_path / "teacher" / "dog_emotion.pkl"), "--mix-prob", "1.0",
-                        "--crop-scale", "0.25", "--erase-prob", "0.5")
-    assert student["args"]["teacher"][0].endswith("dog_emotion.pkl") and student["args"]["mix_prob"] == 1.0
-    assert student["args"]["crop_scale"] == 0.25 and student["args"]["erase_prob"] == 0.5
+    run_train(split_root, tmp_path / "teacher", "--epochs", "1")
+    teacher = str(tmp_path / "teacher" / "dog_emotion.pkl")
+    student = run_train(split_root, tmp_path / "student", "--epochs", "1", "--teacher", teacher, "--mix-prob", "1.0",
+                        "--crop-scale", "0.25", "--erase-prob", "0.5", "--branches", "1")
+    # trained with branches, shipped folded: the inference count, not the training one
+    model, ckpt = load_weights(tmp_path / "student" / "dog_emotion.pkl")
+    assert model.config.folded and student["params"] == count_parameters(model) < student["train_params"]
     with pytest.raises(SystemExit):                          # argparse: "1.5 is not between 0 and 1"
         dog_emotion.get_args_parser().parse_args(["train", "--erase-prob", "1.5"])
-    assert teacher["history"][0]["train_loss"] != student["history"][0]["train_loss"]
     other = tmp_path / "other.pkl"
     save_weights(build_model("nano"), ["w", "x", "y", "z"], other)
     with pytest.raises(SystemExit, match="teacher has classes"):
         run_train(split_root, tmp_path / "bad", "--epochs", "1", "--teacher", str(other))
+
+
+def test_recipe_file_sets_defaults_and_the_command_line_wins(split_root, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "nano"\nepochs = 2\ncrop_scale = 0.25\nteacher = []\nno_flip_average = true\n')
+    m = run_train(split_root, tmp_path / "run", "--config", str(recipe), "--epochs", "1")
+    assert len(m["history"]) == 1                                   # the command line won
+    written = (tmp_path / "run" / "args.toml").read_text()
+    assert "crop_scale = 0.25" in written and "no_flip_average = true" in written
+    # the written options, loaded as a recipe, resolve to the same options
+    parser = dog_emotion.get_args_parser()
+    dog_emotion.apply_recipe(parser.train_parser, str(tmp_path / "run" / "args.toml"))
+    again = vars(parser.parse_args(["train"]))
+    assert {k: again[k] for k in m["args"] if k not in ("config",)} == {k: v for k, v in m["args"].items() if k != "config"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('epoch = 3\n', "unknown option 'epoch'"),
+    ('erase_prob = 1.5\n', "option 'erase_prob'.*not between 0 and 1"),
+    ('model = "huge"\n', "option 'model'.*not one of"),
+    ('epochs = [\n', "not valid TOML"),
+])
+def test_bad_recipes_are_refused_by_name(tmp_path, text, message):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text)
+    with pytest.raises(SystemExit, match=message):
+        dog_emotion.main(["train", "--config", str(recipe)])
+    with pytest.raises(SystemExit, match="No such file"):
+        dog_emotion.main(["train", "--config", str(tmp_path / "none.toml")])
+
+
+def test_every_recipe_in_the_repo_loads():
+    from train.common import REPO_ROOT
+    recipes = sorted((REPO_ROOT / "recipes").glob("*.toml"))
+    assert recipes
+    for path in recipes:
+        parser = dog_emotion.get_args_parser()
+        dog_emotion.apply_recipe(parser.train_parser, str(path))
+        assert parser.parse_args(["train"]).model in dog_emotion.CONFIGS, path
 
 
 def test_wilson_interval_matches_hand_computed_values():

@@ -2,7 +2,9 @@
 
 A weights file is `torch.save` of a plain dict of tensors, strings, numbers and lists:
 {"format", "arch", "config", "classes", "params", "state_dict", "preprocess", "metrics"}.
-Only `torch.load(..., weights_only=True)` ever reads it, so a file that needs arbitrary objects
+Format 2 (`config["folded"]`) stores the inference form (BatchNorm and re-parameterization
+branches folded into the convolutions, `mobile_model.fold`); format 1 files hold the training
+form and still load. `load_weights` always returns the inference form. Only `torch.load(..., weights_only=True)` ever reads it, so a file that needs arbitrary objects
 unpickled is refused instead of executed.
 """
 from __future__ import annotations
@@ -12,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from mobile_model import MobileCNN, ModelConfig, count_parameters
+from mobile_model import MobileCNN, ModelConfig, count_parameters, fold
 from train.common import save_torch
 from train.data import preprocess_spec
 
-FORMAT = "dog-emotion-weights/1"
+FORMAT = "dog-emotion-weights/2"
+READABLE_FORMATS = ("dog-emotion-weights/1", FORMAT)
 ARCH = "MobileCNN"
 
 
@@ -55,13 +58,17 @@ def save_weights(model: MobileCNN, classes: list[str], path: str | Path, metrics
 
 
 def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[MobileCNN, dict]:
-    """Rebuild the model stored in `path`; refuse files of another architecture or config."""
+    """Rebuild the model stored in `path`, in its inference (folded) form, in eval mode; refuse
+    files of another architecture or config. `expect` is compared with the stored config."""
     ckpt = safe_load(path)
     if ckpt.get("arch") != ARCH or "config" not in ckpt or "state_dict" not in ckpt:
         found = ckpt.get("arch") or ("a bare state_dict" if all(isinstance(v, torch.Tensor) for v in ckpt.values())
                                      else f"keys {sorted(ckpt)[:6]}")
         raise CheckpointError(f"{path}: not a {ARCH} weights file (found {found}); "
                               f"expected a file written by `python -m train.dog_emotion train`")
+    if ckpt.get("format", READABLE_FORMATS[0]) not in READABLE_FORMATS:
+        raise CheckpointError(f"{path}: weights format {ckpt['format']!r} is not one this version reads "
+                              f"({', '.join(READABLE_FORMATS)})")
     config = ModelConfig.from_dict(ckpt["config"])
     if expect is not None and config != expect:
         raise CheckpointError(f"{path}: holds config {config}, but {expect} was asked for")
@@ -76,6 +83,5 @@ def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[M
     model.load_state_dict(ckpt["state_dict"])
     if ckpt.get("params") not in (None, count_parameters(model)):
         raise CheckpointError(f"{path}: says {ckpt['params']} parameters but the model has {count_parameters(model)}")
-    model.eval()
-    return model, ckpt
+    return fold(model.eval()), ckpt
 

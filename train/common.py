@@ -1,4 +1,5 @@
-"""Helpers every command in this repo shares: seeding, threads, atomic writes, progress bars."""
+"""Plumbing every command in this repo shares (train/, export/ and benchmark/ import it from here):
+paths, seeding, threads, temporary files and atomic writes, progress bars, accuracy, tables."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "artifacts"
+SHIPPED_WEIGHTS = REPO_ROOT / "weights" / "dog_emotion.pkl"   # the model that ships to phones
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -41,24 +43,43 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
 
 
-def atomic_write(path: str | Path, write_fn, mode: str = "wb") -> Path:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def temp_path(final: str | Path, folder: bool = False) -> Path:
+    """A new, empty temporary file (or folder) beside `final`, named after it, to be renamed onto
+    it once complete: same file system, so the rename is atomic. The caller removes it on failure."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make every output private
+    return Path(tmp)
+
+
+def atomic_write(path: str | Path, write_fn, mode: str = "wb") -> Path:
+    """Write via a temp file in the same folder and rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, mode) as f:
+        with open(tmp, mode) as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def accuracy(scores, labels) -> float:
+    """Top-1 accuracy in percent of logits (N, C) or predicted labels (N,); torch or numpy."""
+    if len(labels) == 0:
+        return float("nan")
+    pred = scores.argmax(1) if scores.ndim == 2 else scores
+    return 100.0 * float((pred == labels).sum()) / len(labels)
 
 
 def save_torch(obj, path: str | Path) -> Path:
@@ -73,17 +94,19 @@ def save_text(text: str, path: str | Path) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
 
 
-def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """Rows of dicts as a GitHub Markdown table; floats get 4 significant digits."""
+def markdown_table(rows: list[dict], columns: list[str] | dict[str, str] | None = None) -> str:
+    """Rows of dicts as a GitHub Markdown table; floats get 4 significant digits. `columns` picks
+    the keys, or maps each key to its column title (units belong in titles, not in keys)."""
     if not rows:
         return ""
     columns = columns or list(rows[0])
+    titles = columns if isinstance(columns, dict) else {c: c for c in columns}
 
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4g}"
         return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines = ["| " + " | ".join(titles.values()) + " |", "|" + "---|" * len(titles)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in titles) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -147,6 +147,13 @@ def eval_transform(batch_uint8: torch.Tensor, input_size: int) -> torch.Tensor:
     return normalize(center_crop(batch_uint8, input_size))
 
 
+def eval_batches(images_uint8: torch.Tensor, input_size: int, batch: int = 100):
+    """Model-ready float batches of a decoded split, in order: the one batching of inference
+    (evaluation, export parity, INT8 calibration and the benchmark all iterate this)."""
+    for i in range(0, len(images_uint8), batch):
+        yield eval_transform(images_uint8[i:i + batch], input_size)
+
+
 def preprocess(img: Image.Image, input_size: int) -> torch.Tensor:
     """The single definition of inference preprocessing: PIL RGB image -> (1, 3, R, R) float."""
     return eval_transform(resize_center_crop(img, storage_size(input_size))[None], input_size)

@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,16 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, get_config
+from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, get_config, inference_parameters
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
-from train.common import ARTIFACTS, REPO_ROOT, markdown_table, progress, save_json, save_text, save_torch, seed_everything, set_threads
+from train.common import ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, progress, save_json, save_text, save_torch, seed_everything, set_threads
 from train.data import (DEFAULT_DATA, BadImage, DataError, augment_batch, check_data_root, class_names,
-                        eval_transform, is_split_root, iterate_batches, load_folder, load_rgb, load_splits, mix_batch,
+                        eval_batches, is_split_root, iterate_batches, load_folder, load_rgb, load_splits, mix_batch,
                         preprocess, storage_size)
 from train.plots import plot_confusion, plot_curves
-
-SHIPPED_WEIGHTS = REPO_ROOT / "weights" / "dog_emotion.pkl"
-
 
 # ---------------------------------------------------------------- training
 
@@ -108,7 +106,7 @@ def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_st
         ema.update(model)
         step += 1
         loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += accuracy(logits, y) * len(y) / 100
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", lr=f"{lr:.2e}")
     return {"loss": loss_sum / seen, "acc": 100 * correct / seen, "lr": lr}, step
@@ -117,11 +115,9 @@ def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_st
 @torch.no_grad()
 def predict_logits(model, images_uint8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
-    size = model.config.input_size
     if len(images_uint8) == 0:
         return torch.empty(0, model.config.num_classes)
-    return torch.cat([model(eval_transform(images_uint8[i:i + batch_size], size))
-                      for i in range(0, len(images_uint8), batch_size)])
+    return torch.cat([model(x) for x in eval_batches(images_uint8, model.config.input_size, batch_size)])
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -144,9 +140,8 @@ def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
     cm.index_put_((split.labels, pred), torch.ones_like(pred), accumulate=True)
     per_class = {c: (100 * cm[i, i].item() / cm[i].sum().item()) if cm[i].sum() else float("nan")
                  for i, c in enumerate(split.classes)}
-    hit = pred == split.labels
     return {"loss": F.cross_entropy(logits, split.labels, label_smoothing=label_smoothing).item(),
-            "acc": 100 * hit.float().mean().item(), "correct": hit.sum().item(), "n": len(split),
+            "acc": accuracy(pred, split.labels), "correct": int((pred == split.labels).sum()), "n": len(split),
             "per_class": per_class, "confusion": cm.tolist()}
 
 
@@ -156,6 +151,8 @@ def train(args) -> dict:
     config = get_config(args.model, args.input_size)
     if args.no_flip_average:
         config = replace(config, flip_average=False)
+    if args.branches:
+        config = replace(config, branches=args.branches)
     data = load_splits(args.data, storage_size(config.input_size), cache_dir=Path(args.cache_dir))
     classes = data["train"].classes
     print(f"data: {args.data}  " + "  ".join(f"{s}={len(d)}" for s, d in data.items())
@@ -184,10 +181,11 @@ def train(args) -> dict:
         if not ckpt_path.exists():
             raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint there)")
         state = safe_load(ckpt_path)
-        same = ("model", "input_size", "no_flip_average", "seed", "epochs", "batch_size", "teacher", "mix_prob")
-        if any(state["args"].get(k) != vars(args).get(k) for k in same):
-            raise CheckpointError(f"{ckpt_path}: was written with " + ", ".join(f"{k}={state['args'].get(k)}" for k in same)
-                                  + "; resume with the same options")
+        changed = {k: (state["args"].get(k), v) for k, v in result_options(args).items() if state["args"].get(k) != v}
+        if changed:
+            raise CheckpointError(f"{ckpt_path}: was written with other options ("
+                                  + ", ".join(f"{k}={old!r}, now {new!r}" for k, (old, new) in changed.items())
+                                  + "); resume with the same options")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         ema.updates = state["ema_updates"]
@@ -198,8 +196,10 @@ def train(args) -> dict:
         start_epoch = state["epoch"] + 1
         print(f"resumed from {ckpt_path} at epoch {start_epoch}")
 
-    print(f"model: {args.model}  params={count_parameters(model):,}  input={model.config.input_size}px  "
+    print(f"model: {args.model}  params={count_parameters(model):,} while training, "
+          f"{inference_parameters(model):,} folded for inference  input={model.config.input_size}px  "
           f"epochs={args.epochs}  batch={args.batch_size}  threads={torch.get_num_threads()}")
+    save_text(recipe_text(args), out / "args.toml")  # the resolved options, loadable with --config
     for epoch in range(start_epoch, args.epochs + 1):
         t0 = time.time()
         tr, step = train_one_epoch(model, ema, optimizer, data["train"], args, gen, step, total_steps, epoch, teachers)
@@ -226,15 +226,17 @@ def train(args) -> dict:
 
 
 def finish(out: Path, history: list[dict], data: dict, args) -> dict:
-    """Reload the val-selected weights, report test once, write metrics.json, summary.md and plots."""
-    model, _ = load_weights(out / "best.pkl")
+    """Reload the val-selected weights in their folded inference form, report test once, write
+    metrics.json, summary.md and plots."""
+    model, ckpt = load_weights(out / "best.pkl")
     results = {s: evaluate(model, d) for s, d in data.items()}
     classes = data["test"].classes
     plot_confusion(np.array(results["test"]["confusion"]), classes, out / "confusion_test.png",
                    f"test split, {results['test']['acc']:.1f}% ({args.model})")
     train_seconds = sum(h["seconds"] for h in history)
     metrics = {
-        "model": args.model, "params": count_parameters(model), "config": model.config.to_dict(),
+        "model": args.model, "params": count_parameters(model), "train_params": ckpt["params"],
+        "config": model.config.to_dict(),
         "classes": classes, "best_epoch": max(history, key=lambda h: h["val_acc"])["epoch"],
         "val_acc": results["val"]["acc"], "test_acc": results["test"]["acc"],
         "train_acc_eval": results["train"]["acc"], "per_class_test": results["test"]["per_class"],
@@ -246,7 +248,7 @@ def finish(out: Path, history: list[dict], data: dict, args) -> dict:
     save_json(metrics, out / "metrics.json")
     per_class = [{"class": c, "test accuracy (%)": round(a, 1)} for c, a in results["test"]["per_class"].items()]
     save_text(f"# Dog-emotion training run: `{args.model}`\n\n"
-              f"- parameters: {metrics['params']:,}\n- input: {model.config.input_size} px\n"
+              f"- parameters: {metrics['params']:,} as shipped (folded), {metrics['train_params']:,} while training\n- input: {model.config.input_size} px\n"
               f"- epochs: {args.epochs} (best val epoch {metrics['best_epoch']}), seed {args.seed}\n"
               f"- training time: {metrics['train_minutes']:.1f} min on {torch.get_num_threads()} threads\n"
               f"- val accuracy: {metrics['val_acc']:.2f}% (selection)\n"
@@ -309,6 +311,47 @@ def cmd_predict(args) -> list[dict]:
     return results
 
 
+# Options that change where or how fast a run goes, never what it computes: everything else must
+# match for --resume, and the rest is what a recipe file pins.
+RUN_ONLY_OPTIONS = ("command", "config", "out", "cache_dir", "resume", "stop_after", "threads")
+
+
+def result_options(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in RUN_ONLY_OPTIONS}
+
+
+def recipe_text(args) -> str:
+    """The run's resolved options as TOML (JSON's strings, numbers, booleans and lists are TOML too)."""
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in vars(args).items() if k not in ("command", "config", "resume", "stop_after"))
+
+
+def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
+    """Make a TOML recipe's values the parser's defaults, checked as the command line would check
+    them; a key the parser does not know is an error. The command line still overrides any of them."""
+    try:
+        with open(path, "rb") as f:
+            recipe = tomllib.load(f)
+    except OSError as e:
+        raise SystemExit(f"error: recipe {path}: {e.strerror}")
+    except tomllib.TOMLDecodeError as e:
+        raise SystemExit(f"error: recipe {path}: not valid TOML ({e})")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    for key, value in recipe.items():
+        if key not in actions:
+            raise SystemExit(f"error: recipe {path}: unknown option {key!r} (known: {', '.join(sorted(actions))})")
+        action = actions[key]
+        try:
+            values = value if isinstance(value, list) else [value]
+            if action.type is not None:
+                values = [action.type(str(v)) for v in values]
+            if action.choices is not None and any(v not in action.choices for v in values):
+                raise ValueError(f"{value!r} is not one of {sorted(action.choices)}")
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise SystemExit(f"error: recipe {path}: option {key!r}: {e}")
+        recipe[key] = values if isinstance(value, list) else values[0]
+    parser.set_defaults(**recipe)
+
+
 def fraction(text: str) -> float:
     """argparse type for shares and probabilities: a float in [0, 1]."""
     value = float(text)
@@ -322,9 +365,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train from scratch; writes weights, curves, metrics under --out")
+    t.add_argument("--config", default="", help="TOML recipe (recipes/*.toml) whose values become the defaults; "
+                                                 "options given on the command line win (default: none)")
     t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
     t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
     t.add_argument("--input-size", type=int, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
+    t.add_argument("--branches", type=int, default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
     t.add_argument("--epochs", type=int, default=150, help="training epochs (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
@@ -356,11 +402,16 @@ def get_args_parser() -> argparse.ArgumentParser:
             s.add_argument("--cache-dir", default="", help="decoded-image cache folder (default: no cache)")
         else:
             s.add_argument("images", nargs="+", help="image files")
+    p.train_parser = t  # main() loads --config recipes into it
     return p
 
 
 def main(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", ""):
+        apply_recipe(parser.train_parser, args.config)
+        args = parser.parse_args(argv)
     try:
         {"train": train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command](args)
     except (DataError, CheckpointError) as e:

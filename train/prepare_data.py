@@ -20,13 +20,12 @@ import argparse
 import csv
 import hashlib
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from train.common import progress, warn
+from train.common import progress, temp_path, warn
 from train.data import BadImage, DataError, check_data_root, class_names, list_images, load_rgb
 
 
@@ -108,8 +107,7 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
         kept.append(members[0])
     near = len(records) - len(kept)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_path(out, folder=True)
     try:
         rows = []
         for r in progress(sorted(kept, key=lambda r: r["sha1"]), desc="write", unit="img"):

@@ -1,0 +1,74 @@
+"""Inference latency and throughput of every exported format, side by side with eager PyTorch.
+
+Per format and thread count: file size, test accuracy, batch-1 latency p50/p90/p99 over many
+timed runs after warm-up, batch-32 throughput (median of its runs), and ratios to eager at the
+same thread count. onnxruntime: ORT_ENABLE_ALL, intra-op threads as stated, inter-op 1;
+PyTorch: torch.set_num_threads as stated.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.timing import time_calls
+from export.runtimes import FORMATS, batched_logits, make_runner
+from train.common import accuracy
+from train.plots import plt, save_figure
+
+ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "ort_fp32", "onnx_int8")
+COLUMNS = {"format": "format", "threads": "threads", "size_kb": "size (kB)", "test_acc": "test acc (%)",
+           "p50_ms": "p50 (ms)", "p90_ms": "p90 (ms)", "p99_ms": "p99 (ms)", "batch32_img_per_s": "batch-32 (img/s)",
+           "p50_vs_eager": "p50 vs eager", "batch32_vs_eager": "batch-32 vs eager"}
+
+
+def check_exports(export_dir: Path) -> None:
+    missing = [f for f in ROW_FORMATS[1:] if not (export_dir / FORMATS[f]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{export_dir}: no exported {', '.join(missing)} "
+                                f"({', '.join(FORMATS[f] for f in missing)}); run `make export` first")
+
+
+def bench_inference(model, export_dir: Path, test, threads_list, quick: bool) -> list[dict]:
+    check_exports(export_dir)
+    size = model.config.input_size
+    x1 = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    x32 = np.random.default_rng(1).standard_normal((32, 3, size, size)).astype(np.float32)
+    warmup, runs, tp_runs = (5, 30, 5) if quick else (50, 500, 40)
+    state_kb = sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 1024
+    rows = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        eager = None
+        for fmt in ROW_FORMATS:
+            path = export_dir / FORMATS[fmt] if fmt != "eager" else None
+            run = make_runner(fmt, path, model=model, threads=threads)
+            lat = time_calls(lambda: run(x1), warmup, runs) * 1000
+            tp = time_calls(lambda: run(x32), max(2, warmup // 5), tp_runs)
+            row = {"format": fmt, "threads": threads,
+                   "size_kb": round(path.stat().st_size / 1024 if path else state_kb, 1),
+                   "test_acc": round(accuracy(batched_logits(run, test.images, size), test.labels.numpy()), 2),
+                   "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
+                   "p99_ms": float(np.percentile(lat, 99)), "batch32_img_per_s": float(32 / np.median(tp))}
+            eager = eager or row
+            row["p50_vs_eager"] = row["p50_ms"] / eager["p50_ms"]
+            row["batch32_vs_eager"] = row["batch32_img_per_s"] / eager["batch32_img_per_s"]
+            rows.append(row)
+            print(f"  {fmt:12s} threads {threads}: p50 {row['p50_ms']:.3f} ms  batch-32 {row['batch32_img_per_s']:.0f} "
+                  f"img/s  acc {row['test_acc']:.2f}%", flush=True)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    threads_list = sorted({r["threads"] for r in rows})
+    fig, axes = plt.subplots(1, len(threads_list), figsize=(6 * len(threads_list), 4), squeeze=False)
+    for threads, ax in zip(threads_list, axes[0]):
+        rs = [r for r in rows if r["threads"] == threads]
+        bars = ax.bar([r["format"] for r in rs], [r["p50_ms"] for r in rs],
+                      yerr=[[0] * len(rs), [r["p99_ms"] - r["p50_ms"] for r in rs]], capsize=4)
+        ax.bar_label(bars, [f"{r['p50_ms']:.2f} ms\n{r['test_acc']:.1f}%" for r in rs], fontsize=8)
+        ax.set_ylabel("batch-1 latency p50 (ms), whisker to p99")
+        ax.set_title(f"{threads} thread{'s' if threads > 1 else ''}")
+    fig.suptitle("dog-emotion model: latency and test accuracy per format")
+    save_figure(fig, path)
