@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmark import inference, input_pipeline, mnist_autograd
+from export.runtimes import cpu_description
 from train.checkpoint import CheckpointError, load_weights
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, markdown_table, save_json, save_text
 from train.data import DEFAULT_DATA, DataError, check_data_root, load_folder, storage_size
@@ -52,7 +53,7 @@ def main(argv=None) -> dict:
         print(f"  {mnist}")
     except (CheckpointError, DataError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+    machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
               "inference": rows, "input_pipeline": pipeline, "mnist": mnist}
     out = Path(args.out)

@@ -5,6 +5,7 @@ A runner maps a float32 (B, 3, R, R) numpy batch to numpy logits (B, C).
 """
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +49,20 @@ def _torch_run(model, x: np.ndarray) -> np.ndarray:
 def batched_logits(run, images_uint8: torch.Tensor, input_size: int) -> np.ndarray:
     """Logits of a runner over a decoded split, in order."""
     return np.concatenate([run(x.numpy()) for x in eval_batches(images_uint8, input_size)])
+
+
+def cpu_description() -> str:
+    """The CPU and the instruction sets that change int8 kernels: AVX2, AVX-512, VNNI, ARM dot product."""
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                flags |= set(value.split())
+            elif key.strip() == "model name":
+                model = value.strip()
+    except OSError:
+        pass
+    found = {"AVX2": "avx2" in flags, "AVX-512": "avx512f" in flags,
+             "VNNI": bool({"avx512_vnni", "avx_vnni"} & flags), "ARM dot product": "asimddp" in flags}
+    return f"{model} ({platform.machine()}; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in found.items()) + ")"

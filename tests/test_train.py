@@ -95,7 +95,7 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
     images = sorted((split_root / "test" / "sad").iterdir())[:2]
     rows = dog_emotion.cmd_predict(dog_emotion.get_args_parser().parse_args(
         ["predict", *map(str, images), "--weights", weights]))
-    assert len(rows) == 2 and all(abs(sum(r["probs"].values()) - 1) < 1e-3 for r in rows)
+    assert len(rows) == 2 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in rows)
     assert all(r["label"] in ("angry", "happy", "relaxed", "sad") for r in rows)
     with pytest.raises(SystemExit, match="1 of 2 images could not be read"):
         dog_emotion.main(["predict", str(images[0]), str(tmp_path / "missing.jpg"), "--weights", weights])

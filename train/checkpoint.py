@@ -35,10 +35,15 @@ def safe_load(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused: the file needs unpickling of objects that are not "
-                              f"plain tensors/containers, so it was not loaded ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable torch file ({str(e).splitlines()[0]})") from None
+        # torch's own message goes on to suggest weights_only=False: the one thing not to do with
+        # a file from elsewhere, so it is never repeated
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable weights file (not a torch.save file)") from None
+        raise CheckpointError(f"{path}: refused: not a plain weights file (tensors, numbers, strings and "
+                              f"containers only); reading the rest could run code, so it was not loaded") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable weights file ({reason[:200]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from train.common import REPO_ROOT, progress, save_torch, warn
 
@@ -27,7 +29,7 @@ SPLITS = ("train", "val", "test")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MIN_SIDE = 32          # smaller images hold too little to classify: skipped, with a warning
-CACHE_VERSION = 1      # bump when decoding changes, so old caches are never reused
+CACHE_VERSION = 2      # bump when decoding changes, so old caches are never reused
 DEFAULT_DATA = REPO_ROOT / "data" / "dog_emotion"   # `make` links ../shared/datasets/dog_emotion here
 KAGGLE_HINT = ("Get the public Kaggle 'Dog Emotion' data set "
                "(https://www.kaggle.com/datasets/danielshanbalico/dog-emotion), then either point "
@@ -35,6 +37,7 @@ KAGGLE_HINT = ("Get the public Kaggle 'Dog Emotion' data set "
                "to deduplicate and split it.")
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+Image.MAX_IMAGE_PIXELS = None  # PIL's bomb check acts on the declared size; load_rgb caps decoded pixels instead
 
 
 class DataError(Exception):
@@ -93,27 +96,90 @@ def list_images(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
 
 # ---------------------------------------------------------------- decoding
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open any image PIL knows (the format is read from the bytes, so WebP named .jpg works) as RGB.
+def max_decoded_pixels() -> int:
+    """The most pixels this project decodes from one file (after JPEG draft scaling): 50 MP by
+    default, DOG_EMOTION_MAX_PIXELS to change it. It replaces PIL's own bomb limit, which would
+    refuse a 200 MP phone photo that draft mode decodes at 1/8 scale in a few megapixels."""
+    return int(os.environ.get("DOG_EMOTION_MAX_PIXELS", 50_000_000))
 
-    Transparent images are composited on white; CMYK, greyscale and palette images are converted.
-    Raises BadImage naming the file for corrupt, truncated, non-image and tiny files.
+
+# Formats PIL has no decoder for, told apart by their first bytes, so the message can name them.
+UNREADABLE_SIGNATURES = {b"ftypheic": "HEIC", b"ftypheix": "HEIC", b"ftypmif1": "HEIF", b"ftyphevc": "HEIF",
+                         b"ftypavif": "AVIF", b"ftypcrx ": "Canon CR3 raw"}
+
+
+def _unreadable_format(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for sig, name in UNREADABLE_SIGNATURES.items():
+        if head[4:12] == sig:
+            return f"a {name} file, which PIL cannot decode: convert it to JPEG or PNG"
+    return "not an image PIL can read"
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """High-bit-depth greyscale (16-bit PNG/TIFF: modes I;16*, I) scaled to 8 bits, never clipped."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        top = 65535 if a.max() > 255 or im.mode.startswith("I;16") else 255
+        return Image.fromarray(np.clip(a * 255 // top, 0, 255).astype(np.uint8), "L")
+    if im.mode == "F":
+        raise BadImage("floating-point image (mode F): no fixed scale to map to 8 bits")
+    return im
+
+
+def _decode(path: Path, min_side: int) -> Image.Image:
+    with Image.open(path) as im:
+        if im.format == "JPEG" and min_side:
+            # DCT scaling: decode at 1/2, 1/4 or 1/8 while the shorter side stays >= min_side
+            w, h = im.size
+            scale = min_side / min(w, h)
+            if scale < 1:
+                im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+        w, h = im.size
+        limit = max_decoded_pixels()
+        if w * h > limit:
+            raise BadImage(f"{w}x{h} px is {w * h / 1e6:.0f} MP to decode, over the limit of {limit / 1e6:.0f} MP "
+                           f"(DOG_EMOTION_MAX_PIXELS)")
+        im.load()
+        im = ImageOps.exif_transpose(im)   # phone photos: upright as the camera meant them
+        im = _to_8bit(im)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))
+            return img
+        return im.convert("RGB")
+
+
+def load_rgb(path: str | Path, min_side: int = 0) -> Image.Image:
+    """The one place that decides whether an image file is usable: any image PIL knows (the format
+    is read from the bytes, so WebP named .jpg works), as an upright 8-bit RGB image.
+
+    EXIF orientation is applied; transparent images are composited on white; CMYK, greyscale,
+    palette and 16-bit images are converted (16-bit scaled, not clipped). `min_side` > 0 lets a
+    large JPEG decode at a reduced DCT scale whose shorter side is still >= min_side. Every
+    failure, whatever raised it, is a BadImage naming the file and the reason.
     """
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.exists():
         raise BadImage(f"{path}: file not found")
+    if not path.is_file():
+        raise BadImage(f"{path}: not a file")
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                img = Image.new("RGB", rgba.size, (255, 255, 255))
-                img.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                img = im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _decode(path, min_side)
+    except BadImage as e:
+        raise BadImage(f"{path}: {e}") from None
     except UnidentifiedImageError:
-        raise BadImage(f"{path}: not an image PIL can read") from None
-    except (OSError, ValueError, SyntaxError) as e:
+        raise BadImage(f"{path}: {_unreadable_format(path)}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(f"{path}: refused as a decompression bomb ({e})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise BadImage(f"{path}: corrupt or truncated image ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a decoder bug on a hostile file must not end a run
+        raise BadImage(f"{path}: cannot be decoded ({type(e).__name__}: {e})") from None
     if min(img.size) < MIN_SIDE:
         raise BadImage(f"{path}: too small ({img.size[0]}x{img.size[1]} px, need >= {MIN_SIDE})")
     return img
@@ -159,9 +225,17 @@ def preprocess(img: Image.Image, input_size: int) -> torch.Tensor:
     return eval_transform(resize_center_crop(img, storage_size(input_size))[None], input_size)
 
 
+def load_input(path: str | Path, input_size: int) -> torch.Tensor:
+    """An image file -> (1, 3, R, R) model input, through load_rgb (BadImage on any failure)."""
+    return preprocess(load_rgb(path, min_side=storage_size(input_size)), input_size)
+
+
 def preprocess_spec(input_size: int) -> dict:
     """What `preprocess` does, recorded in checkpoints and exported models for consumers."""
-    return {"resize_shorter_side": storage_size(input_size), "center_crop_1": storage_size(input_size),
+    return {"exif_orientation": "applied (the image is made upright first)",
+            "decode": "8-bit RGB; alpha composited on white; 16-bit greyscale scaled to 8 bits; large JPEGs "
+                      "DCT-scaled while the shorter side stays >= resize_shorter_side",
+            "resize_shorter_side": storage_size(input_size), "center_crop_1": storage_size(input_size),
             "center_crop_2": input_size, "interpolation": "bilinear (PIL, antialiased)",
             "scale": "1/255", "mean": list(MEAN), "std": list(STD), "color": "RGB", "layout": "NCHW"}
 
@@ -193,7 +267,7 @@ def decode_items(items: list[tuple[Path, int]], classes: list[str], size: int, d
     images, labels, paths, skipped = [], [], [], []
     for path, label in progress(items, desc=f"decode {desc}", unit="img"):
         try:
-            images.append(resize_center_crop(load_rgb(path), size))
+            images.append(resize_center_crop(load_rgb(path, min_side=size), size))
         except BadImage as e:
             warn(f"skipped {e}")
             skipped.append(str(e))

@@ -27,7 +27,7 @@ from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, get_co
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, progress, save_json, save_text, save_torch, seed_everything, set_threads
 from train.data import (DEFAULT_DATA, BadImage, DataError, augment_batch, check_data_root, class_names,
-                        eval_batches, is_split_root, iterate_batches, load_folder, load_rgb, load_splits, mix_batch,
+                        eval_batches, is_split_root, iterate_batches, load_folder, load_input, load_splits, mix_batch,
                         preprocess, storage_size)
 from train.plots import plot_confusion, plot_curves
 
@@ -291,20 +291,24 @@ def cmd_evaluate(args) -> dict:
 
 @torch.no_grad()
 def cmd_predict(args) -> list[dict]:
+    """Label and class probabilities of every file that can be read; each one that cannot is named.
+    Exits non-zero when any failed. --json: one object per line and file, the keys the browser demo uses."""
     model, ckpt = load_weights(args.weights)
     results, failed = [], 0
     for path in args.images:
         try:
-            x = preprocess(load_rgb(path), model.config.input_size)
+            x = load_input(path, model.config.input_size)
         except BadImage as e:
-            print(f"error: {e}", file=sys.stderr)
             failed += 1
+            row = {"file": str(path), "error": str(e)}
+            print(json.dumps(row) if args.json else f"error: {e}", file=sys.stdout if args.json else sys.stderr)
+            results.append(row)
             continue
         probs = model(x).softmax(1)[0]
-        label = ckpt["classes"][probs.argmax().item()]
-        row = {"image": str(path), "label": label,
-               "probs": {c: round(p.item(), 4) for c, p in zip(ckpt["classes"], probs)}}
-        print(f"{path}: {label}  " + "  ".join(f"{c} {p:.3f}" for c, p in row["probs"].items()))
+        row = {"file": str(path), "label": ckpt["classes"][probs.argmax().item()],
+               "probabilities": {c: round(p.item(), 4) for c, p in zip(ckpt["classes"], probs)}}
+        print(json.dumps(row) if args.json else
+              f"{path}: {row['label']}  " + "  ".join(f"{c} {p:.3f}" for c, p in row["probabilities"].items()))
         results.append(row)
     if failed:
         raise SystemExit(f"{failed} of {len(args.images)} images could not be read")
@@ -402,6 +406,8 @@ def get_args_parser() -> argparse.ArgumentParser:
             s.add_argument("--cache-dir", default="", help="decoded-image cache folder (default: no cache)")
         else:
             s.add_argument("images", nargs="+", help="image files")
+            s.add_argument("--json", action="store_true", help='one JSON object per line and file: {"file", "label", '
+                                                               '"probabilities"} or {"file", "error"}')
     p.train_parser = t  # main() loads --config recipes into it
     return p
 

@@ -110,7 +110,7 @@ def load_digits(data_dir: str | None) -> Digits:
 # ---------------------------------------------------------------- the network, by hand
 
 def init_params(init: str, seed: int, hidden: int = 128, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """'randn': the seed's N(0, 1) weights; 'xavier': Glorot-normal, std sqrt(2 / (fan_in + fan_out))."""
+    """'randn': plain N(0, 1) weights, which saturate the sigmoids (kept for comparison); 'xavier': Glorot-normal, std sqrt(2 / (fan_in + fan_out))."""
     gen = torch.Generator().manual_seed(seed)
     shapes = {"W1": (784, hidden), "W2": (hidden, 10)}
     params = {}

@@ -1,8 +1,9 @@
 """Activations, softmax, cross-entropy and their derivatives, by hand (see docs/derivations.md).
 
 Plain tensor arithmetic only: no torch.nn, no torch.nn.functional, no autograd. Every derivative
-takes the activation's *input* x (the pre-activation), as in the seed: d_sigmoid(x) = s(1 - s)
-with s = sigmoid(x). tests/test_scratch_ops.py checks each one against autograd in float64.
+takes the activation's *input* x (the pre-activation), which is what the backward pass has at
+hand: d_sigmoid(x) = s(1 - s) with s = sigmoid(x). tests/test_mnist_scratch.py checks each one
+against autograd in float64.
 """
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def run(args) -> str:
     imgs, names = [], []
     for p in paths:
         try:
-            imgs.append(load_rgb(p))
+            imgs.append(load_rgb(p, min_side=256))
             names.append(p.name)
         except BadImage as e:
             print(f"warning: skipped {e}")
