@@ -155,8 +155,12 @@ def train(args) -> dict:
         config = replace(config, branches=args.branches)
     data = load_splits(args.data, storage_size(config.input_size), cache_dir=Path(args.cache_dir))
     classes = data["train"].classes
+    skipped = [reason for d in data.values() for reason in d.skipped]
     print(f"data: {args.data}  " + "  ".join(f"{s}={len(d)}" for s, d in data.items())
-          + f"  classes={classes}  skipped={sum(len(d.skipped) for d in data.values())}")
+          + f"  classes={classes}  skipped={len(skipped)}")
+    if skipped:
+        save_text("".join(f"{reason}\n" for reason in skipped), out / "skipped.txt")
+        print(f"skipped {len(skipped)} unreadable files; the list with reasons: {out / 'skipped.txt'}")
 
     teachers = []
     for path in args.teacher:
@@ -277,7 +281,7 @@ def cmd_evaluate(args) -> dict:
     split = load_folder(folder, ckpt["classes"], size, cache)
     r = evaluate(model, split)
     lo, hi = wilson_interval(r["correct"], r["n"])
-    print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped")
+    print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped" + (" (named above)" if split.skipped else ""))
     print(f"  accuracy {r['acc']:.2f}% (95% interval {lo:.1f}-{hi:.1f}%)")
     for c, a in r["per_class"].items():
         print(f"  {c:8s} {a:5.1f}%")
