@@ -3,7 +3,8 @@
 Per format and thread count: file size, test accuracy, batch-1 latency p50/p90/p99 over many
 timed runs after warm-up, batch-32 throughput (median of its runs), and ratios to eager at the
 same thread count. onnxruntime: ORT_ENABLE_ALL, intra-op threads as stated, inter-op 1;
-PyTorch: torch.set_num_threads as stated.
+PyTorch: torch.set_num_threads as stated. ExecuTorch (.pte): its Python runtime has no thread
+setting, so its XNNPACK threadpool runs with the runtime's default in both rows.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from export.runtimes import FORMATS, batched_logits, make_runner
 from train.common import accuracy
 from train.plots import plt, save_figure
 
-ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "ort_fp32", "onnx_int8")
+ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "ort_fp32", "onnx_int8", "pte_fp32", "pte_int8")
 COLUMNS = {"format": "format", "threads": "threads", "size_kb": "size (kB)", "test_acc": "test acc (%)",
            "p50_ms": "p50 (ms)", "p90_ms": "p90 (ms)", "p99_ms": "p99 (ms)", "batch32_img_per_s": "batch-32 (img/s)",
            "p50_vs_eager": "p50 vs eager", "batch32_vs_eager": "batch-32 vs eager"}

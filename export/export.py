@@ -1,12 +1,13 @@
-"""Export the dog-emotion model to TorchScript, ONNX and INT8 ONNX, each verified before it is kept.
+"""Export the dog-emotion model to every deployment format, each verified before it is kept.
 
     python -m export.export [--weights weights/dog_emotion.pkl] [--data DIR] [--out artifacts/export]   # make export
 
-Also writes the .ort format of onnxruntime Mobile (FP32). Every file is written under a
-temporary name, checked (loads, agrees with eager PyTorch on the
-real test split), and only then renamed into place. The parity table (Markdown + JSON) lands
-beside the files. FP32 formats must agree with eager on every image within 1e-4 on the logits;
-INT8 may lose at most 1 accuracy point against FP32, or the run says so loudly.
+Formats: TorchScript, ONNX FP32, onnxruntime Mobile's .ort (FP32), INT8 ONNX, and ExecuTorch
+programs for XNNPACK (.pte, FP32 and INT8; export/executorch_export.py). Every file is written
+under a temporary name, checked (loads, agrees with eager PyTorch on the real test split), and
+only then renamed into place. FP32 formats must agree with eager on every image within 1e-4 on
+the logits; INT8 may lose at most 1 accuracy point against FP32. The parity table (Markdown +
+JSON) lands beside the files.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.profile import profile, report
+from export.executorch_export import export_pte
 from export.runtimes import FORMATS, batched_logits, cpu_description, make_runner
 from train.checkpoint import CheckpointError, load_weights
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, save_json, save_text, temp_path
@@ -35,6 +37,8 @@ from train.data import DEFAULT_DATA, DataError, check_data_root, eval_batches, l
 OPSET = 18
 FP32_ATOL = 1e-4
 INT8_MAX_DROP = 1.0  # accuracy points
+PTE_INT8_AGREEMENT = 95.0  # % of test images with the FP32 label
+PTE_METADATA = "dog_emotion.pte.json"  # classes and preprocessing of the .pte files
 
 
 class ExportError(Exception):
@@ -196,6 +200,26 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
         convert_to_ort(fp32_path, tmp)
         rows.append(keep_if_equal("ort_fp32", tmp))
 
+        # ExecuTorch: FP32 must agree like every FP32 format; INT8 within INT8_MAX_DROP points of
+        # FP32 and on >= PTE_INT8_AGREEMENT % of the images, or it is not written
+        tmp = new_temp(FORMATS["pte_fp32"])
+        pte_portable = export_pte(model, tmp)
+        rows.append(keep_if_equal("pte_fp32", tmp))
+        tmp = new_temp(FORMATS["pte_int8"])
+        pte_int8_portable = export_pte(model, tmp, list(eval_batches(calib, size, 32)))
+        r = parity_row("pte_int8", tmp, batched_logits(make_runner("pte_int8", tmp), test.images, size), eager, labels)
+        r["file"] = FORMATS["pte_int8"]
+        r["int8 setting"] = "XNNPACKQuantizer, symmetric per-channel"
+        r["kept"] = "yes" if (fp32_acc - r["accuracy (%)"] <= INT8_MAX_DROP
+                              and r["top-1 agreement (%)"] >= PTE_INT8_AGREEMENT) else "no"
+        if r["kept"] == "yes":
+            os.replace(tmp, out / FORMATS["pte_int8"])
+        else:
+            print(f"WARNING: INT8 .pte not written: accuracy {r['accuracy (%)']}% vs FP32 {fp32_acc}%, "
+                  f"agreement {r['top-1 agreement (%)']}%")
+        rows.append(r)
+        save_json(meta, out / PTE_METADATA)
+
         # INT8: every setting measured; of the VNNI-independent ones, the most accurate on val is
         # kept (never chosen on test; on a tie, the first listed)
         candidates = []
@@ -225,6 +249,7 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
               f"the quantization recipe needs work")
     return rows, {"torchscript_warnings": ts_warnings, "int8_drop_points": round(drop, 2), "opset": OPSET,
                   "int8_kept": best["int8 setting"], "cpu": cpu_description(),
+                  "pte_ops_outside_xnnpack": {"fp32": pte_portable, "int8": pte_int8_portable},
                   "calibration_images": len(calib), "test_images": len(labels), "fp32_atol": FP32_ATOL}
 
 
@@ -252,7 +277,8 @@ def main(argv=None) -> None:
               f"{info['calibration_images']} calibration images from train; kept: {info['int8_kept']} (the best on "
               f"val of the settings that give the same result with and without VNNI).\n\n{table}", out / "parity.md")
     print("\n" + table)
-    print(f"wrote {', '.join(FORMATS.values())}, parity.md, parity.json to {out}")
+    print(f"operators left outside XNNPACK in the .pte programs (portable kernels): {info['pte_ops_outside_xnnpack']}")
+    print(f"wrote {', '.join(FORMATS.values())}, {PTE_METADATA}, parity.md, parity.json to {out}")
 
 
 if __name__ == "__main__":

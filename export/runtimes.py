@@ -16,7 +16,8 @@ from train.data import eval_batches
 
 # file name of every exported format, under the export folder
 FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "ort_fp32": "dog_emotion.ort",
-           "onnx_int8": "dog_emotion.int8.onnx"}
+           "onnx_int8": "dog_emotion.int8.onnx", "pte_fp32": "dog_emotion.pte", "pte_int8": "dog_emotion.int8.pte"}
+BATCH = 32  # the largest batch every format takes (the .pte programs are exported for 1..32)
 
 
 def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) -> ort.InferenceSession:
@@ -30,12 +31,18 @@ def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) ->
 
 
 def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module | None = None, threads: int = 1):
-    """The runner of one format: "eager" runs `model`; the others load `path` (onnx_*/ort_* in onnxruntime)."""
+    """The runner of one format: "eager" runs `model`; the others load `path` (onnx_*/ort_* in
+    onnxruntime, pte_* in ExecuTorch's runtime; `threads` applies to onnxruntime)."""
     if fmt == "eager":
         return lambda x: _torch_run(model, x)
     if fmt == "torchscript":
         ts = torch.jit.load(str(path))
         return lambda x: _torch_run(ts, x)
+    if fmt.startswith("pte"):
+        from executorch.runtime import Runtime
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+        # the runtime's outputs alias its own buffers: copy each one before the next execute
+        return lambda x: method.execute([torch.from_numpy(x)])[0].clone().numpy()
     sess = ort_session(path, threads, ort_format=fmt.startswith("ort"))
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
@@ -48,7 +55,7 @@ def _torch_run(model, x: np.ndarray) -> np.ndarray:
 
 def batched_logits(run, images_uint8: torch.Tensor, input_size: int) -> np.ndarray:
     """Logits of a runner over a decoded split, in order."""
-    return np.concatenate([run(x.numpy()) for x in eval_batches(images_uint8, input_size)])
+    return np.concatenate([run(x.numpy()) for x in eval_batches(images_uint8, input_size, BATCH)])
 
 
 def cpu_description() -> str:

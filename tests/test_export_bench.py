@@ -13,6 +13,7 @@ from export.runtimes import FORMATS, make_runner
 from mobile_model import build_model, count_parameters
 from train.checkpoint import load_weights
 from train.common import SHIPPED_WEIGHTS
+from train.data import preprocess_spec
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +44,22 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     out, rows, info = exported
     model, ckpt = load_weights(SHIPPED_WEIGHTS)
     by_fmt = {r["format"]: r for r in rows}
-    for fmt in ("torchscript", "onnx_fp32", "ort_fp32"):
+    for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
         assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4
     size = model.config.input_size
-    for batch in (1, 7):  # the dynamic batch axis
+    for batch in (1, 7, 32):  # the dynamic batch axis (the .pte programs take 1..32)
         x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
         ref = make_runner("eager", model=model)(x)
-        for fmt in ("torchscript", "onnx_fp32", "ort_fp32"):
+        for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
             got = make_runner(fmt, out / FORMATS[fmt])(x)
             assert got.shape == (batch, 4)
             np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
     meta = {p.key: p.value for p in onnx.load(str(out / "dog_emotion.onnx")).metadata_props}
     assert json.loads(meta["classes"]) == ckpt["classes"]
     assert json.loads(meta["preprocess"])["center_crop_2"] == size
+    assert json.loads(meta["preprocess"]) == preprocess_spec(size)
+    # the .pte files carry no metadata: the sidecar holds the same record as the ONNX file
+    assert json.loads((out / exporter.PTE_METADATA).read_text()) == meta
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
 
 
@@ -77,6 +81,11 @@ def test_int8_runs_and_agrees_with_fp32(exported):
     eligible = [r for r in int8 if r["same on every x86"] == "yes"]
     assert kept[0] in eligible and kept[0]["val accuracy (%)"] == max(r["val accuracy (%)"] for r in eligible)
     assert len(int8) == len(exporter.QUANT_SETTINGS) and "VNNI" in info["cpu"]
+    pte = next(r for r in rows if r["format"] == "pte_int8")
+    fp32 = next(r for r in rows if r["format"] == "pte_fp32")
+    assert pte["kept"] == "yes" and (out / "dog_emotion.int8.pte").stat().st_size < (out / "dog_emotion.pte").stat().st_size
+    assert pte["top-1 agreement (%)"] >= 95 and fp32["accuracy (%)"] - pte["accuracy (%)"] <= 1.0
+    assert "aten.flip.default" in info["pte_ops_outside_xnnpack"]["fp32"]   # the mirror of flip averaging
     assert (out / "dog_emotion.int8.onnx").stat().st_size < (out / "dog_emotion.onnx").stat().st_size
 
 
@@ -122,10 +131,10 @@ def test_bench_quick_end_to_end(exported, tmp_path):
 
 def test_failed_export_leaves_no_temp_files(real_data, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("quantizer crashed")
+        raise RuntimeError("lowering crashed")
 
-    monkeypatch.setattr(exporter, "quantize_int8", broken)
-    with pytest.raises(RuntimeError, match="quantizer crashed"):
+    monkeypatch.setattr(exporter, "export_pte", broken)
+    with pytest.raises(RuntimeError, match="lowering crashed"):
         exporter.run_export(str(SHIPPED_WEIGHTS), str(real_data), tmp_path / "out", 8, 0)
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert left == ["dog_emotion.onnx", "dog_emotion.ort", "dog_emotion.pt"], left  # verified files only

@@ -1,0 +1,59 @@
+"""ExecuTorch programs (.pte) for phones: torch.export, lowered to the XNNPACK backend (the CPU
+kernels of ExecuTorch's Android and iOS builds), FP32 and INT8.
+
+The batch dimension is dynamic within 1..MAX_BATCH, so one program serves a single photo and a
+gallery. INT8 is post-training quantization with the PT2E flow: XNNPACKQuantizer with its
+symmetric per-channel config, calibrated on the same training images as the INT8 ONNX file.
+A .pte carries no metadata of its own: export.py writes the class names and preprocessing
+beside it as JSON, from the same record as the ONNX metadata.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+MAX_BATCH = 32
+
+
+def _export(model: torch.nn.Module, input_size: int) -> torch.export.ExportedProgram:
+    # the example batch is MAX_BATCH: executorch 1.5.1 sized the program's input buffer from the
+    # example (a batch-2 example gave a program that refused batches over 7 with flip averaging)
+    x = torch.zeros(MAX_BATCH, 3, input_size, input_size)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
+
+
+def _quantize(model: torch.nn.Module, input_size: int, calib_batches) -> torch.nn.Module:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(_export(model, input_size).module(), quantizer)
+    with torch.no_grad():
+        for x in calib_batches:
+            prepared(x)
+    return convert_pt2e(prepared)
+
+
+def export_pte(model: torch.nn.Module, path: Path, calib_batches=None) -> list[str]:
+    """Write the XNNPACK-lowered program to `path` (INT8 when calib_batches are given); return the
+    operators left outside XNNPACK, which a phone app must link ExecuTorch's portable kernels for."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    size = model.config.input_size
+    if calib_batches is not None:
+        model = _quantize(model, size, calib_batches)
+    edge = to_edge_transform_and_lower(_export(model, size), partitioner=[XnnpackPartitioner()])
+    left = sorted({_op_name(n.target) for n in edge.exported_program().graph.nodes
+                   if n.op == "call_function" and _op_name(n.target).startswith("aten.")})
+    path.write_bytes(edge.to_executorch().buffer)
+    return left
+
+
+def _op_name(target) -> str:
+    """'aten.flip.default' from an edge operator (its str() also carries the schema)."""
+    match = re.search(r"(aten\.[\w.]+)", str(target))
+    return match.group(1) if match else str(target)
