@@ -13,7 +13,7 @@ OUT ?= artifacts/prepared_data
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train train-quick teacher train-all sizes eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
+.PHONY: help venv data train train-quick teacher train-all sizes demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -83,6 +83,16 @@ artifacts/export/dog_emotion.onnx: $(WEIGHTS) | $(STAMP) data
 
 bench: $(STAMP) data artifacts/export/dog_emotion.onnx ## latency/throughput table of every format + pipeline and MNIST ratios -> artifacts/bench/
 	$(PY) -m benchmark.bench --weights $(WEIGHTS) --data $(DATA) $(ARGS)
+
+# The browser demo: onnxruntime-web from web/package-lock.json, the exported models beside the page.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+demo: $(STAMP) web/node_modules/.package-lock.json artifacts/export/dog_emotion.onnx ## the model in the browser (onnxruntime-web): http://localhost:8000/ (HOST=0.0.0.0 for a phone on the network)
+	mkdir -p web/models
+	cp artifacts/export/dog_emotion.onnx artifacts/export/dog_emotion.int8.onnx artifacts/export/dog_emotion.meta.json web/models/
+	$(PY) web/serve.py --host $(HOST) --port $(PORT)
 
 mnist: $(STAMP) ## from-scratch 784-128-10 MNIST network (both inits) -> artifacts/mnist/
 	$(PY) -m train.mnist_scratch train $(ARGS)

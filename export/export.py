@@ -38,7 +38,7 @@ OPSET = 18
 FP32_ATOL = 1e-4
 INT8_MAX_DROP = 1.0  # accuracy points
 PTE_INT8_AGREEMENT = 95.0  # % of test images with the FP32 label
-PTE_METADATA = "dog_emotion.pte.json"  # classes and preprocessing of the .pte files
+METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte files and the web demo
 
 
 class ExportError(Exception):
@@ -218,7 +218,7 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
             print(f"WARNING: INT8 .pte not written: accuracy {r['accuracy (%)']}% vs FP32 {fp32_acc}%, "
                   f"agreement {r['top-1 agreement (%)']}%")
         rows.append(r)
-        save_json(meta, out / PTE_METADATA)
+        save_json(meta, out / METADATA_SIDECAR)
 
         # INT8: every setting measured; of the VNNI-independent ones, the most accurate on val is
         # kept (never chosen on test; on a tie, the first listed)
@@ -278,7 +278,7 @@ def main(argv=None) -> None:
               f"val of the settings that give the same result with and without VNNI).\n\n{table}", out / "parity.md")
     print("\n" + table)
     print(f"operators left outside XNNPACK in the .pte programs (portable kernels): {info['pte_ops_outside_xnnpack']}")
-    print(f"wrote {', '.join(FORMATS.values())}, {PTE_METADATA}, parity.md, parity.json to {out}")
+    print(f"wrote {', '.join(FORMATS.values())}, {METADATA_SIDECAR}, parity.md, parity.json to {out}")
 
 
 if __name__ == "__main__":

@@ -41,3 +41,15 @@ def real_data() -> Path:
     if not (REAL_DATA / "test").is_dir():
         pytest.skip(f"real data set not found at {REAL_DATA} (run `make data` with ../shared beside the repo)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """`make export` of the shipped weights, once per test session: (folder, parity rows, info)."""
+    from export import export as exporter
+    from train.common import SHIPPED_WEIGHTS
+    if not (REAL_DATA / "test").is_dir():
+        pytest.skip(f"real data set not found at {REAL_DATA}: export parity is measured on its test split")
+    out = tmp_path_factory.mktemp("export")
+    rows, info = exporter.run_export(str(SHIPPED_WEIGHTS), str(REAL_DATA), out, calib_count=64, seed=0)
+    return out, rows, info

@@ -16,16 +16,6 @@ from train.common import SHIPPED_WEIGHTS
 from train.data import preprocess_spec
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from conftest import REAL_DATA
-    if not (REAL_DATA / "test").is_dir():
-        pytest.skip(f"real data set not found at {REAL_DATA}: export parity is measured on its test split")
-    out = tmp_path_factory.mktemp("export")
-    rows, info = exporter.run_export(str(SHIPPED_WEIGHTS), str(REAL_DATA), out, calib_count=64, seed=0)
-    return out, rows, info
-
-
 def test_profile_agrees_with_flopcounter_and_count_parameters():
     model = build_model("small").eval()
     keys = list(model.state_dict())
@@ -59,7 +49,7 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     assert json.loads(meta["preprocess"])["center_crop_2"] == size
     assert json.loads(meta["preprocess"]) == preprocess_spec(size)
     # the .pte files carry no metadata: the sidecar holds the same record as the ONNX file
-    assert json.loads((out / exporter.PTE_METADATA).read_text()) == meta
+    assert json.loads((out / exporter.METADATA_SIDECAR).read_text()) == meta
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
 
 
