@@ -30,6 +30,7 @@ def test_profile_agrees_with_flopcounter_and_count_parameters():
     assert sum(r["params"] for r in p["layers"]) == count_parameters(model)
 
 
+@pytest.mark.slow
 def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     out, rows, info = exported
     model, ckpt = load_weights(SHIPPED_WEIGHTS)
@@ -53,6 +54,7 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_onnx_initializers_hold_exactly_the_shipped_parameter_count(exported):
     out, _, _ = exported
     model, ckpt = load_weights(SHIPPED_WEIGHTS)
@@ -62,6 +64,7 @@ def test_onnx_initializers_hold_exactly_the_shipped_parameter_count(exported):
     assert sum(n for name, n in inits.items() if name in used) == ckpt["params"] == count_parameters(model)
 
 
+@pytest.mark.slow
 def test_int8_runs_and_agrees_with_fp32(exported):
     out, rows, info = exported
     int8 = [r for r in rows if r["format"] == "onnx_int8"]
@@ -98,6 +101,7 @@ def test_bench_refuses_missing_formats(tmp_path):
         bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--quick"])
 
 
+@pytest.mark.slow
 def test_bench_quick_end_to_end(exported, tmp_path):
     out, export_rows, _ = exported
     bench.main(["--export-dir", str(out), "--out", str(tmp_path / "b"), "--quick", "--threads", "1"])
@@ -119,6 +123,7 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     assert "| p50 (ms) |" in md and all(f"| {fmt} | 1 |" in md for fmt in rows)
 
 
+@pytest.mark.slow
 def test_failed_export_leaves_no_temp_files(real_data, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("lowering crashed")

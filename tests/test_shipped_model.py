@@ -37,6 +37,7 @@ def test_every_named_config_builds_and_runs(name):
     assert model(torch.zeros(2, 3, size, size)).shape == (2, 4)
 
 
+@pytest.mark.slow
 def test_shipped_weights_reproduce_readme_test_accuracy(real_data, capsys):
     stated = float(SHIPPED_LINE.group(3))
     result = dog_emotion.cmd_evaluate(dog_emotion.get_args_parser().parse_args(

@@ -115,6 +115,9 @@ def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
     # trained with branches, shipped folded: the inference count, not the training one
     model, ckpt = load_weights(tmp_path / "student" / "dog_emotion.pkl")
     assert model.config.folded and student["params"] == count_parameters(model) < student["train_params"]
+    # a teacher at 32 px teaches a 48 px student on its own resize of the same view
+    bigger = run_train(split_root, tmp_path / "bigger", "--epochs", "1", "--teacher", teacher, "--input-size", "48")
+    assert bigger["config"]["input_size"] == 48 and bigger["history"][0]["train_loss"] > 0
     with pytest.raises(SystemExit):                          # argparse: "1.5 is not between 0 and 1"
         dog_emotion.get_args_parser().parse_args(["train", "--erase-prob", "1.5"])
     other = tmp_path / "other.pkl"

@@ -17,6 +17,7 @@ from train.checkpoint import load_weights
 from train.common import REPO_ROOT, SHIPPED_WEIGHTS
 from train.data import load_input
 
+pytestmark = pytest.mark.slow
 WEB = REPO_ROOT / "web"
 CHROMIUM = Path("/usr/bin/chromium")
 

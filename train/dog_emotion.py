@@ -68,10 +68,17 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def for_input_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                                         align_corners=False)
+
+
 @torch.no_grad()
 def teacher_log_probs(teachers: list, x: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log of the teachers' mean softmax at temperature T: an ensemble's soft targets."""
-    probs = torch.stack([F.softmax(t(x) / temperature, 1) for t in teachers]).mean(0)
+    """log of the teachers' mean softmax at temperature T: an ensemble's soft targets. A teacher
+    with another input size sees its own bilinear resize of the same augmented view."""
+    probs = torch.stack([F.softmax(t(for_input_size(x, t.config.input_size)) / temperature, 1)
+                         for t in teachers]).mean(0)
     return probs.clamp_min(1e-8).log()
 
 
@@ -165,9 +172,8 @@ def train(args) -> dict:
     teachers = []
     for path in args.teacher:
         teacher, tckpt = load_weights(path)
-        if tckpt["classes"] != classes or teacher.config.input_size != config.input_size:
-            raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']} at "
-                                  f"{teacher.config.input_size} px; the student needs {classes} at {config.input_size} px")
+        if tckpt["classes"] != classes:
+            raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']}; the student needs {classes}")
         print(f"distilling from {path} ({count_parameters(teacher):,} params, "
               f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
         teachers.append(teacher)
