@@ -104,3 +104,22 @@ def test_folded_model_equals_the_training_form(name, branches):
     bn = sum(m.num_features for m in MobileCNN(get_config(name)).modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert count_parameters(folded) == inference_parameters(model) == count_parameters(MobileCNN(get_config(name))) - bn
     assert fold(folded) is folded
+
+
+def test_device_auto_is_the_cpu_here_and_missing_devices_are_refused(monkeypatch):
+    from train.common import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(SystemExit, match="no CUDA device here"):
+        resolve_device("cuda:0")
+    with pytest.raises(SystemExit, match="MPS is not available"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")   # auto picks a GPU when there is one
+
+
+def test_amp_is_refused_off_cuda(tmp_path):
+    from train import dog_emotion
+    with pytest.raises(SystemExit, match="bf16 autocast.*for CUDA"):
+        dog_emotion.main(["train", "--data", str(tmp_path), "--device", "cpu", "--amp"])

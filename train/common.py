@@ -32,6 +32,20 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto': the first of CUDA and MPS that is there, else the CPU; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name}: no CUDA device here (torch {torch.__version__}); use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"error: --device {name}: MPS is not available here; use cpu or auto")
+    return device
+
+
 def warn(msg: str) -> None:
     # tqdm.write keeps warnings from tearing an active progress bar apart
     tqdm.write(f"warning: {msg}", file=sys.stderr)

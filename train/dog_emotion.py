@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, get_config, inference_parameters
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
-from train.common import ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, progress, save_json, save_text, save_torch, seed_everything, set_threads
+from train.common import ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, resolve_device, progress, save_json, save_text, save_torch, seed_everything, set_threads
 from train.data import (DEFAULT_DATA, BadImage, DataError, augment_batch, check_data_root, class_names,
                         eval_batches, is_split_root, iterate_batches, load_folder, load_input, load_splits, mix_batch,
                         preprocess, storage_size)
@@ -90,6 +90,7 @@ def distillation_loss(logits, teacher_logp, temperature: float) -> torch.Tensor:
 
 def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_steps: int, epoch: int, teachers=()):
     model.train()
+    device = next(model.parameters()).device
     size = model.config.input_size
     loss_sum = correct = seen = 0
     steps_per_epoch = len(split) // args.batch_size
@@ -101,12 +102,14 @@ def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_st
             g["lr"] = lr
         x = augment_batch(split.images[idx], size, gen, scale=(args.crop_scale, 1.0), erase_prob=args.erase_prob)
         x, target = mix_batch(x, split.labels[idx], len(split.classes), gen, args.mix_prob)
+        x, target = x.to(device), target.to(device)   # augmentation stays on the CPU, with its generator
         y = target.argmax(1)  # the dominant label, for the running train accuracy
-        logits = model(x)
-        loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
-        if teachers:
-            loss = (1 - args.distill_weight) * loss + args.distill_weight * distillation_loss(
-                logits, teacher_log_probs(teachers, x, args.distill_temperature), args.distill_temperature)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
+            if teachers:
+                loss = (1 - args.distill_weight) * loss + args.distill_weight * distillation_loss(
+                    logits, teacher_log_probs(teachers, x, args.distill_temperature), args.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -124,7 +127,9 @@ def predict_logits(model, images_uint8: torch.Tensor, batch_size: int = 256) -> 
     model.eval()
     if len(images_uint8) == 0:
         return torch.empty(0, model.config.num_classes)
-    return torch.cat([model(x) for x in eval_batches(images_uint8, model.config.input_size, batch_size)])
+    device = next(model.parameters()).device
+    return torch.cat([model(x.to(device)).float().cpu()
+                      for x in eval_batches(images_uint8, model.config.input_size, batch_size)])
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -154,6 +159,9 @@ def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
 
 def train(args) -> dict:
     set_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.amp and device.type != "cuda":
+        raise DataError(f"--amp (bf16 autocast) is for CUDA devices; this run is on {device}")
     out = Path(args.out)
     config = get_config(args.model, args.input_size)
     if args.no_flip_average:
@@ -176,9 +184,9 @@ def train(args) -> dict:
             raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']}; the student needs {classes}")
         print(f"distilling from {path} ({count_parameters(teacher):,} params, "
               f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
-        teachers.append(teacher)
+        teachers.append(teacher.to(device))
     gen = seed_everything(args.seed)
-    model = build_model(config)
+    model = build_model(config).to(device)
     ema = EMA(model, args.ema_decay)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     steps_per_epoch = len(data["train"]) // args.batch_size
@@ -277,6 +285,7 @@ def finish(out: Path, history: list[dict], data: dict, args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     model, ckpt = load_weights(args.weights)
+    model.to(resolve_device(args.device))
     root = check_data_root(args.data)
     size = storage_size(model.config.input_size)
     cache = Path(args.cache_dir) if args.cache_dir else None
@@ -304,6 +313,8 @@ def cmd_predict(args) -> list[dict]:
     """Label and class probabilities of every file that can be read; each one that cannot is named.
     Exits non-zero when any failed. --json: one object per line and file, the keys the browser demo uses."""
     model, ckpt = load_weights(args.weights)
+    device = resolve_device(args.device)
+    model.to(device)
     results, failed = [], 0
     for path in args.images:
         try:
@@ -314,7 +325,7 @@ def cmd_predict(args) -> list[dict]:
             print(json.dumps(row) if args.json else f"error: {e}", file=sys.stdout if args.json else sys.stderr)
             results.append(row)
             continue
-        probs = model(x).softmax(1)[0]
+        probs = model(x.to(device)).softmax(1)[0].cpu()
         row = {"file": str(path), "label": ckpt["classes"][probs.argmax().item()],
                "probabilities": {c: round(p.item(), 4) for c, p in zip(ckpt["classes"], probs)}}
         print(json.dumps(row) if args.json else
@@ -400,6 +411,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--distill-weight", type=float, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
     t.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature for distillation (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation (default: %(default)s)")
+    t.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: %(default)s)")
+    t.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default: off, float32)")
     t.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch's default (default: %(default)s)")
     t.add_argument("--out", default=str(ARTIFACTS / "train"), help="output folder (default: %(default)s)")
     t.add_argument("--cache-dir", default=str(ARTIFACTS / "cache"), help="decoded-image cache folder (default: %(default)s)")
@@ -410,6 +423,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                            ("predict", "label and class probabilities for image files")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
+        s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
         if name == "evaluate":
             s.add_argument("--data", default=str(DEFAULT_DATA), help="folder of <class>/ subfolders, or a split root (default: %(default)s)")
             s.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to use when --data is a split root (default: %(default)s)")
