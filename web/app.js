@@ -6,11 +6,13 @@
 
 const MODELS = { fp32: "models/dog_emotion.onnx", int8: "models/dog_emotion.int8.onnx" };
 const METADATA = "models/dog_emotion.meta.json";   // written by `make export` from the ONNX metadata record
-const TIMED_RUNS = 5;                               // the time shown is the median of these, after one warm-up run
+// the time shown is the median of these, after one warm-up run (?runs=N changes it: tests use 1)
+const TIMED_RUNS = Number(new URLSearchParams(location.search).get("runs") || 5);
 
 const $ = (id) => document.getElementById(id);
 let meta = null;            // {classes: [...], preprocess: {...}, input_name, output_name}
 const sessions = {};        // model key -> InferenceSession, created on first use
+let latest = 0;             // a newer pick supersedes a classification still running
 
 function show(outcome) {
   $("result").dataset.json = JSON.stringify(outcome);
@@ -74,6 +76,7 @@ function drawBars(probabilities, label) {
 
 async function classify(file) {
   const key = $("model").value;
+  const token = ++latest;
   $("status").textContent = `Reading ${file.name}...`;
   let bitmap;
   try {
@@ -96,6 +99,7 @@ async function classify(file) {
       out = await sess.run(feeds);
       times.push(performance.now() - t0);
     }
+    if (token !== latest) return;                    // the user picked another photo meanwhile
     times.sort((a, b) => a - b);
     const ms = times[Math.floor(times.length / 2)];
     const probs = softmax(Array.from(out[meta.output].data));
@@ -111,6 +115,15 @@ async function classify(file) {
     bitmap.close();
   }
 }
+
+// For tests: the logits of the selected model for a tensor made elsewhere (Python's preprocessing),
+// so the WebAssembly runtime can be compared with Python onnxruntime on the very same input.
+window.logitsOf = async (values, key) => {
+  const size = meta.preprocess.center_crop_2;
+  const input = new ort.Tensor("float32", Float32Array.from(values), [1, 3, size, size]);
+  const out = await (await session(key)).run({ [meta.input]: input });
+  return Array.from(out[meta.output].data);
+};
 
 async function main() {
   // WebAssembly threads need cross-origin isolation (serve.py sends the headers); one thread otherwise
