@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
         print("from-scratch MNIST vs torch.nn + autograd:")
         mnist = mnist_autograd.bench_mnist(args.quick)
         print(f"  {mnist}")
-    except (CheckpointError, DataError, FileNotFoundError) as e:
+    except (CheckpointError, DataError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
     machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,

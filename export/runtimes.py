@@ -40,7 +40,10 @@ def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module
         return lambda x: _torch_run(ts, x)
     if fmt.startswith("pte"):
         from executorch.runtime import Runtime
-        method = Runtime.get().load_program(str(path)).load_method("forward")
+        try:
+            method = Runtime.get().load_program(str(path)).load_method("forward")
+        except Exception as e:  # noqa: BLE001 - the runtime raises plain RuntimeError/ValueError
+            raise RuntimeError(f"{path}: not a loadable ExecuTorch program ({e})") from None
         # the runtime's outputs alias its own buffers: copy each one before the next execute
         return lambda x: method.execute([torch.from_numpy(x)])[0].clone().numpy()
     sess = ort_session(path, threads, ort_format=fmt.startswith("ort"))

@@ -133,3 +133,29 @@ def test_failed_export_leaves_no_temp_files(real_data, tmp_path, monkeypatch):
         exporter.run_export(str(SHIPPED_WEIGHTS), str(real_data), tmp_path / "out", 8, 0)
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert left == ["dog_emotion.onnx", "dog_emotion.ort", "dog_emotion.pt"], left  # verified files only
+
+
+@pytest.mark.slow
+def test_pte_of_a_small_generated_model_and_a_failed_check(split_root, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from mobile_model import MobileCNN, get_config
+    from test_training_parts import randomize_batchnorm
+    from train.checkpoint import save_weights
+    torch.manual_seed(0)
+    model = randomize_batchnorm(MobileCNN(replace(get_config("nano"), input_size=32))).eval()
+    save_weights(model, ["angry", "happy", "relaxed", "sad"], tmp_path / "nano.pkl")
+    monkeypatch.setattr(exporter, "PTE_INT8_AGREEMENT", 101.0)   # no INT8 program can pass this check
+    rows, info = exporter.run_export(str(tmp_path / "nano.pkl"), str(split_root), tmp_path / "out", 16, 0)
+    by_fmt = {r["format"]: r for r in rows}
+    assert by_fmt["pte_fp32"]["max abs logit diff"] <= 1e-4 and by_fmt["pte_fp32"]["top-1 agreement (%)"] == 100
+    assert by_fmt["pte_int8"]["kept"] == "no" and not (tmp_path / "out" / "dog_emotion.int8.pte").exists()
+    assert (tmp_path / "out" / "dog_emotion.pte").is_file() and not list((tmp_path / "out").glob(".*.tmp"))
+    # the FP32 program runs through ExecuTorch's runtime like eager, batch 1 and batch 32
+    for batch in (1, 32):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(make_runner("pte_fp32", tmp_path / "out" / "dog_emotion.pte")(x),
+                                   make_runner("eager", model=load_weights(tmp_path / "nano.pkl")[0])(x), atol=1e-4)
+    (tmp_path / "bad.pte").write_bytes(b"not a program")
+    with pytest.raises(RuntimeError, match="bad.pte: not a loadable ExecuTorch program"):
+        make_runner("pte_fp32", tmp_path / "bad.pte")
