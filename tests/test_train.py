@@ -145,6 +145,8 @@ def test_recipe_file_sets_defaults_and_the_command_line_wins(split_root, tmp_pat
     ('erase_prob = 1.5\n', "option 'erase_prob'.*not between 0 and 1"),
     ('model = "huge"\n', "option 'model'.*not one of"),
     ('epochs = [\n', "not valid TOML"),
+    ('teacher = "a.pkl"\n', "option 'teacher' takes a list"),
+    ('epochs = [1, 2]\n', "option 'epochs' takes one value"),
 ])
 def test_bad_recipes_are_refused_by_name(tmp_path, text, message):
     recipe = tmp_path / "bad.toml"

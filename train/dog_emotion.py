@@ -365,6 +365,9 @@ def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
         if key not in actions:
             raise SystemExit(f"error: recipe {path}: unknown option {key!r} (known: {', '.join(sorted(actions))})")
         action = actions[key]
+        if (action.nargs in ("*", "+")) != isinstance(value, list):
+            raise SystemExit(f"error: recipe {path}: option {key!r} takes "
+                             f"{'a list' if action.nargs in ('*', '+') else 'one value'}, not {value!r}")
         try:
             values = value if isinstance(value, list) else [value]
             if action.type is not None:
