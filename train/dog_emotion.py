@@ -25,10 +25,11 @@ import torch.nn.functional as F
 
 from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, get_config, inference_parameters
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
-from train.common import ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, resolve_device, progress, save_json, save_text, save_torch, seed_everything, set_threads
+from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, progress, resolve_device, save_json,
+                          save_text, save_torch, seed_everything, set_threads)
 from train.data import (DEFAULT_DATA, BadImage, DataError, augment_batch, check_data_root, class_names,
                         eval_batches, is_split_root, iterate_batches, load_folder, load_input, load_splits, mix_batch,
-                        preprocess, storage_size)
+                        storage_size)
 from train.plots import plot_confusion, plot_curves
 
 # ---------------------------------------------------------------- training
