@@ -142,7 +142,8 @@ def quantize_int8(fp32: Path, tmp: Path, calib: torch.Tensor, input_size: int, s
 
 
 def parity_row(fmt: str, path: Path | None, logits: np.ndarray, eager: np.ndarray, labels: np.ndarray) -> dict:
-    return {"format": fmt, "file": path.name if path else "-",
+    """One row of the parity table; `path` is the file as written (under its temporary name)."""
+    return {"format": fmt, "file": FORMATS[fmt] if path else "-",
             "size (kB)": round(path.stat().st_size / 1024, 1) if path else "-",
             "max abs logit diff": float(np.abs(logits - eager).max()),
             "top-1 agreement (%)": round(accuracy(logits, eager.argmax(1)), 2),
@@ -170,7 +171,6 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
     def keep_if_equal(fmt: str, tmp: Path) -> dict:
         """Rename tmp into place only if it agrees with eager on every test image within FP32_ATOL."""
         row = parity_row(fmt, tmp, batched_logits(make_runner(fmt, tmp), test.images, size), eager, labels)
-        row["file"] = FORMATS[fmt]
         if row["top-1 agreement (%)"] < 100 or row["max abs logit diff"] > FP32_ATOL:
             raise ExportError(f"{fmt}: differs from eager (max diff {row['max abs logit diff']:.2e}, "
                               f"agreement {row['top-1 agreement (%)']}%): not written")
@@ -207,7 +207,6 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
         tmp = new_temp(FORMATS["pte_int8"])
         pte_int8_portable = export_pte(model, tmp, list(eval_batches(calib, size, 32)))
         r = parity_row("pte_int8", tmp, batched_logits(make_runner("pte_int8", tmp), test.images, size), eager, labels)
-        r["file"] = FORMATS["pte_int8"]
         r["int8 setting"] = "XNNPACKQuantizer, symmetric per-channel"
         r["kept"] = "yes" if (fp32_acc - r["accuracy (%)"] <= INT8_MAX_DROP
                               and r["top-1 agreement (%)"] >= PTE_INT8_AGREEMENT) else "no"
@@ -227,7 +226,6 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int) 
             quantize_int8(fp32_path, tmp, calib, size, setting, meta)
             run = make_runner("onnx_int8", tmp)
             r = parity_row("onnx_int8", tmp, batched_logits(run, test.images, size), eager, labels)
-            r["file"] = FORMATS["onnx_int8"]
             r["int8 setting"] = setting[0]
             r["same on every x86"] = "yes" if setting[5] else "no"
             r["val accuracy (%)"] = round(accuracy(batched_logits(run, val.images, size), val.labels.numpy()), 2)
