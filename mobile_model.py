@@ -136,7 +136,7 @@ def _bn_fold(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, to
     return weight * s.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * s
 
 
-def _identity_kernel(conv_shape: torch.Size, groups: int) -> torch.Tensor:
+def _identity_kernel(conv_shape: torch.Size) -> torch.Tensor:
     """The kernel of a conv that passes its input through unchanged (channel i -> channel i)."""
     cout, cin_per_group, k, _ = conv_shape
     w = torch.zeros(conv_shape)
@@ -157,7 +157,7 @@ def _unit_kernel(unit: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
         w, b = _bn_fold(first.scale[0].weight, first.scale[1])
         pairs.append((F.pad(w, [k // 2] * 4), b))  # a 1x1 kernel is the centre of a k x k one
     if first.identity is not None:
-        pairs.append(_bn_fold(_identity_kernel(conv.weight.shape, conv.groups), first.identity))
+        pairs.append(_bn_fold(_identity_kernel(conv.weight.shape), first.identity))
     return sum(w for w, _ in pairs), sum(b for _, b in pairs)
 
 
