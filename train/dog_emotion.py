@@ -337,9 +337,10 @@ def cmd_predict(args) -> list[dict]:
     return results
 
 
-# Options that change where or how fast a run goes, never what it computes: everything else must
-# match for --resume, and the rest is what a recipe file pins.
-RUN_ONLY_OPTIONS = ("command", "config", "out", "cache_dir", "resume", "stop_after", "threads")
+# Options that are not part of a recipe (how this invocation was asked), and those that change
+# where or how fast a run goes but never what it computes: every other option must match for --resume.
+NOT_RECIPE_OPTIONS = ("command", "config", "resume", "stop_after")
+RUN_ONLY_OPTIONS = NOT_RECIPE_OPTIONS + ("out", "cache_dir", "threads")
 
 
 def result_options(args) -> dict:
@@ -348,7 +349,7 @@ def result_options(args) -> dict:
 
 def recipe_text(args) -> str:
     """The run's resolved options as TOML (JSON's strings, numbers, booleans and lists are TOML too)."""
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in vars(args).items() if k not in ("command", "config", "resume", "stop_after"))
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in vars(args).items() if k not in NOT_RECIPE_OPTIONS)
 
 
 def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
