@@ -185,6 +185,8 @@ def train(args) -> dict:
             raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']}; the student needs {classes}")
         print(f"distilling from {path} ({count_parameters(teacher):,} params, "
               f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
+        if args.teacher_no_flip:
+            teacher.config = replace(teacher.config, flip_average=False)
         teachers.append(teacher.to(device))
     gen = seed_everything(args.seed)
     model = build_model(config).to(device)
@@ -413,6 +415,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
     t.add_argument("--ema-decay", type=float, default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
     t.add_argument("--teacher", nargs="*", default=[], help="weights .pkl of models trained here from scratch to distil from; several = their ensemble (default: none)")
+    t.add_argument("--teacher-no-flip", action="store_true", help="teachers see the student's view only, not also its "
+                                                                 "mirror image: half the teacher's cost (default: off)")
     t.add_argument("--distill-weight", type=float, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
     t.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature for distillation (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation (default: %(default)s)")
