@@ -76,18 +76,41 @@ def test_class_missing_from_one_split_and_missing_root(tmp_path, capsys):
         load_splits(root / "train", 40)  # a flat class folder is not a split root
 
 
+def cache_entries(cache):
+    return sorted({f.stem for f in cache.iterdir()})
+
+
 def test_cache_is_reused_and_rebuilt_when_data_changes(tmp_path):
     root = write_split_root(tmp_path / "d", per_class=2, splits=("train",))
     cache = tmp_path / "cache"
     first = load_folder(root / "train", CLASSES, 40, cache)
-    assert len(list(cache.iterdir())) == 1
+    assert len(cache_entries(cache)) == 1 and {f.suffix for f in cache.iterdir()} == {".pt", ".u8"}
     again = load_folder(root / "train", CLASSES, 40, cache)
-    assert torch.equal(first.images, again.images) and len(list(cache.iterdir())) == 1
+    assert torch.equal(first.images, again.images) and len(cache_entries(cache)) == 1
     Image.new("RGB", (48, 40), (0, 255, 0)).save(root / "train" / "happy" / "happy_0.jpg")
     changed = load_folder(root / "train", CLASSES, 40, cache)
-    assert len(list(cache.iterdir())) == 2, "changed bytes must give a new cache key"
+    assert len(cache_entries(cache)) == 2, "changed bytes must give a new cache key"
     i = changed.paths.index(str(root / "train" / "happy" / "happy_0.jpg"))
     assert changed.images[i, 1].float().mean() > 200 and changed.images[i, 0].float().mean() < 50
+
+
+def test_memory_mapped_cache_equals_in_memory_decoding(tmp_path):
+    usable, _ = write_bad_cases(tmp_path / "train")  # skipped files must not shift the rows
+    cache = tmp_path / "cache"
+    in_memory = load_folder(tmp_path / "train", ["angry", "happy"], 48)
+    streamed = load_folder(tmp_path / "train", ["angry", "happy"], 48, cache)
+    mapped = load_folder(tmp_path / "train", ["angry", "happy"], 48, cache)  # from the file alone
+    (images_file,) = cache.glob("*.u8")
+    assert images_file.stat().st_size == len(usable) * 3 * 48 * 48
+    for split in (streamed, mapped):
+        assert torch.equal(split.images, in_memory.images) and torch.equal(split.labels, in_memory.labels)
+        assert split.paths == in_memory.paths and split.skipped == in_memory.skipped
+    mapped.images[0].zero_()  # copy-on-write: the cache file is never changed through the tensor
+    assert torch.equal(load_folder(tmp_path / "train", ["angry", "happy"], 48, cache).images, in_memory.images)
+    # an images file cut short (an interrupted write) is decoded again, not read as garbage
+    images_file.write_bytes(images_file.read_bytes()[:1000])
+    assert torch.equal(load_folder(tmp_path / "train", ["angry", "happy"], 48, cache).images, in_memory.images)
+    assert images_file.stat().st_size == len(usable) * 3 * 48 * 48
 
 
 def test_preprocess_matches_batch_eval_path(tmp_path):
