@@ -11,13 +11,14 @@ WEIGHTS ?= weights/dog_emotion.pkl
 RAW ?=
 OUT ?= artifacts/prepared_data
 ARGS ?=
+NPROC ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train train-quick teacher train-all sizes demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
+.PHONY: help venv data train train-quick train-ddp teacher train-all sizes demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=<split root> (default $(DATA)), WEIGHTS=<.pkl>, ARGS='<extra CLI options>'"
+	@echo "  variables: DATA=<split root> (default $(DATA)), WEIGHTS=<.pkl>, NPROC=<processes> (train-ddp), ARGS='<extra CLI options>'"
 
 $(STAMP): requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -41,6 +42,12 @@ train: $(STAMP) data ## train the shipped model (recipes/phone.toml) against the
 
 train-quick: $(STAMP) data ## the shipped recipe for 30 epochs on both cores, for trying things -> artifacts/train-quick/
 	$(TRAIN) --config recipes/phone.toml --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
+
+# Several processes (torchrun, DDP; gloo on CPUs, NCCL on GPUs): the same 64 images per step,
+# 64/NPROC per process, one thread each. docs/scale-out.md has the multi-GPU and multi-machine flags.
+train-ddp: $(STAMP) data ## the shipped recipe as NPROC (default 2) DDP processes via torchrun -> artifacts/train-ddp/
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m train.dog_emotion train --data $(DATA) \
+		--config recipes/phone.toml --batch-size $$((64 / $(NPROC))) --threads 1 --out artifacts/train-ddp $(ARGS)
 
 teacher: $(STAMP) data ## train the 190k teacher from scratch (recipes/large.toml) -> artifacts/teacher/
 	$(TRAIN) --config recipes/large.toml --out artifacts/teacher $(ARGS)

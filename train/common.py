@@ -19,7 +19,7 @@ SHIPPED_WEIGHTS = REPO_ROOT / "weights" / "dog_emotion.pkl"   # the model that s
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed every global RNG and return a private generator for data order and augmentation."""
+    """Seed every global RNG and return a private generator seeded alike (e.g. for the data order)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -51,9 +51,9 @@ def warn(msg: str) -> None:
     tqdm.write(f"warning: {msg}", file=sys.stderr)
 
 
-def progress(iterable=None, **kwargs):
+def progress(iterable=None, enabled: bool = True, **kwargs):
     """A tqdm bar that disappears in non-interactive logs unless asked for (PROGRESS=1)."""
-    disable = not (sys.stderr.isatty() or os.environ.get("PROGRESS") == "1")
+    disable = not enabled or not (sys.stderr.isatty() or os.environ.get("PROGRESS") == "1")
     return tqdm(iterable, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
 
 

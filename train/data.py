@@ -411,13 +411,19 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, prob: float,
     return x.masked_fill(box[:, None], 0.0)
 
 
-def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None, drop_last: bool = False):
-    """Index tensors for one pass over n items: shuffled when a generator is given."""
-    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
-    stop = n - n % batch_size if drop_last and n >= batch_size else n
-    for i in range(0, stop, batch_size):
-        yield order[i:i + batch_size]
+def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None, drop_last: bool = False,
+                    rank: int = 0, world: int = 1):
+    """Index tensors for one pass over n items: shuffled when a generator is given.
 
+    With several processes (DDP), every rank draws the same order (its generator seeded alike)
+    and takes its own batch_size slice of each global batch of batch_size * world, so all ranks
+    take the same number of steps: a rank with one step more would wait for its all-reduce forever.
+    """
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    step = batch_size * world
+    stop = n - n % step if (drop_last or world > 1) and n >= step else n
+    for i in range(0, stop, step):
+        yield order[i + rank * batch_size:i + (rank + 1) * batch_size]
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Generator, prob: float):

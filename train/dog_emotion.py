@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, get_config, inference_parameters
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
 from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, progress, resolve_device, save_json,
                           save_text, save_torch, seed_everything, set_threads)
+from train.distributed import Processes, barrier, gather, setup, sum_over_ranks, teardown
 from train.data import (DEFAULT_DATA, BadImage, DataError, augment_batch, check_data_root, class_names,
                         eval_batches, is_split_root, iterate_batches, load_folder, load_input, load_splits, mix_batch,
                         storage_size)
@@ -89,20 +91,24 @@ def distillation_loss(logits, teacher_logp, temperature: float) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits / t, 1), teacher_logp, reduction="batchmean", log_target=True) * t * t
 
 
-def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_steps: int, epoch: int, teachers=()):
+def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_steps: int, epoch: int, teachers=(),
+                    procs: Processes = Processes()):
+    """One pass over the train split. `model` may be DDP-wrapped; `gens` = (data order generator,
+    the same on every rank; augmentation generator, this rank's own)."""
+    order_gen, aug_gen = gens
     model.train()
-    device = next(model.parameters()).device
-    size = model.config.input_size
+    device = procs.device
+    size = ema.model.config.input_size
     loss_sum = correct = seen = 0
-    steps_per_epoch = len(split) // args.batch_size
-    bar = progress(iterate_batches(len(split), args.batch_size, gen, drop_last=True),
-                   total=steps_per_epoch, desc=f"epoch {epoch}", unit="batch")
+    steps_per_epoch = len(split) // (args.batch_size * procs.world)
+    bar = progress(iterate_batches(len(split), args.batch_size, order_gen, True, procs.rank, procs.world),
+                   enabled=procs.main, total=steps_per_epoch, desc=f"epoch {epoch}", unit="batch")
     for idx in bar:
         lr = lr_at(step, total_steps, args.warmup_epochs * steps_per_epoch, args.lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x = augment_batch(split.images[idx], size, gen, scale=(args.crop_scale, 1.0), erase_prob=args.erase_prob)
-        x, target = mix_batch(x, split.labels[idx], len(split.classes), gen, args.mix_prob)
+        x = augment_batch(split.images[idx], size, aug_gen, scale=(args.crop_scale, 1.0), erase_prob=args.erase_prob)
+        x, target = mix_batch(x, split.labels[idx], len(split.classes), aug_gen, args.mix_prob)
         x, target = x.to(device), target.to(device)   # augmentation stays on the CPU, with its generator
         y = target.argmax(1)  # the dominant label, for the running train accuracy
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
@@ -114,13 +120,24 @@ def train_one_epoch(model, ema, optimizer, split, args, gen, step: int, total_st
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        ema.update(model)
+        ema.update(ema_source(model))
         step += 1
         loss_sum += loss.item() * len(y)
         correct += accuracy(logits, y) * len(y) / 100
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", lr=f"{lr:.2e}")
+    loss_sum, correct, seen = sum_over_ranks([loss_sum, correct, seen], procs)  # the epoch log covers all ranks
     return {"loss": loss_sum / seen, "acc": 100 * correct / seen, "lr": lr}, step
+
+
+def ema_source(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside a DDP wrapper (its state_dict keys have no 'module.' prefix)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def augmentation_seed(seed: int, rank: int) -> int:
+    """A seed per (run seed, rank): each DDP rank augments its shard with its own random stream."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 @torch.no_grad()
@@ -159,8 +176,11 @@ def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
 
 
 def train(args) -> dict:
+    """Train from scratch (or --resume), as one process or as one rank of a torchrun job: every rank
+    trains on its shard of each batch; rank 0 alone evaluates, prints and writes files."""
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    procs = setup(args.device)
+    device = procs.device
     if args.amp and device.type != "cuda":
         raise DataError(f"--amp (bf16 autocast) is for CUDA devices; this run is on {device}")
     out = Path(args.out)
@@ -169,12 +189,17 @@ def train(args) -> dict:
         config = replace(config, flip_average=False)
     if args.branches:
         config = replace(config, branches=args.branches)
+    if not procs.main:
+        barrier()  # rank 0 decodes and writes the cache first; the others then map it
     data = load_splits(args.data, storage_size(config.input_size), cache_dir=Path(args.cache_dir))
+    if procs.main:
+        barrier()
     classes = data["train"].classes
     skipped = [reason for d in data.values() for reason in d.skipped]
-    print(f"data: {args.data}  " + "  ".join(f"{s}={len(d)}" for s, d in data.items())
-          + f"  classes={classes}  skipped={len(skipped)}")
-    if skipped:
+    log = print if procs.main else (lambda *a, **k: None)
+    log(f"data: {args.data}  " + "  ".join(f"{s}={len(d)}" for s, d in data.items())
+        + f"  classes={classes}  skipped={len(skipped)}")
+    if skipped and procs.main:
         save_text("".join(f"{reason}\n" for reason in skipped), out / "skipped.txt")
         print(f"skipped {len(skipped)} unreadable files; the list with reasons: {out / 'skipped.txt'}")
 
@@ -183,18 +208,24 @@ def train(args) -> dict:
         teacher, tckpt = load_weights(path)
         if tckpt["classes"] != classes:
             raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']}; the student needs {classes}")
-        print(f"distilling from {path} ({count_parameters(teacher):,} params, "
+        log(f"distilling from {path} ({count_parameters(teacher):,} params, "
               f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
         if args.teacher_no_flip:
             teacher.config = replace(teacher.config, flip_average=False)
         teachers.append(teacher.to(device))
-    gen = seed_everything(args.seed)
+    order_gen = seed_everything(args.seed)  # the same on every rank: same init, same batch order
+    aug_gen = torch.Generator().manual_seed(augmentation_seed(args.seed, procs.rank))
     model = build_model(config).to(device)
     ema = EMA(model, args.ema_decay)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    steps_per_epoch = len(data["train"]) // args.batch_size
+    # DDP averages the gradients of all ranks in backward(); BatchNorm statistics stay per rank
+    net = model if procs.world == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    global_batch = args.batch_size * procs.world
+    steps_per_epoch = len(data["train"]) // global_batch
     if steps_per_epoch == 0:
-        raise DataError(f"train split has {len(data['train'])} images, fewer than one batch of {args.batch_size}")
+        raise DataError(f"train split has {len(data['train'])} images, fewer than one batch of {global_batch}"
+                        + (f" ({args.batch_size} per process x {procs.world})" if procs.world > 1 else ""))
     total_steps = args.epochs * steps_per_epoch
     history, best, start_epoch, step = [], {"val_acc": -1.0, "epoch": 0}, 1, 0
     ckpt_path = out / "last.ckpt"
@@ -202,6 +233,11 @@ def train(args) -> dict:
         if not ckpt_path.exists():
             raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint there)")
         state = safe_load(ckpt_path)
+        if "rank_states" not in state:
+            raise CheckpointError(f"{ckpt_path}: written by an older version of this script; start again without --resume")
+        if state["processes"] != procs.world:
+            raise CheckpointError(f"{ckpt_path}: written by a run of {state['processes']} processes; resume it with "
+                                  f"as many (this one has {procs.world})")
         changed = {k: (state["args"].get(k), v) for k, v in result_options(args).items() if state["args"].get(k) != v}
         if changed:
             raise CheckpointError(f"{ckpt_path}: was written with other options ("
@@ -211,19 +247,30 @@ def train(args) -> dict:
         ema.model.load_state_dict(state["ema"])
         ema.updates = state["ema_updates"]
         optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["gen_state"])
-        torch.set_rng_state(state["torch_rng"])
+        order_gen.set_state(state["order_gen"])
+        aug_state, torch_rng = state["rank_states"][procs.rank]
+        aug_gen.set_state(aug_state)
+        torch.set_rng_state(torch_rng)
         history, best, step = state["history"], state["best"], state["step"]
         start_epoch = state["epoch"] + 1
-        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+        log(f"resumed from {ckpt_path} at epoch {start_epoch}")
 
-    print(f"model: {args.model}  params={count_parameters(model):,} while training, "
-          f"{inference_parameters(model):,} folded for inference  input={model.config.input_size}px  "
-          f"epochs={args.epochs}  batch={args.batch_size}  threads={torch.get_num_threads()}")
-    save_text(recipe_text(args), out / "args.toml")  # the resolved options, loadable with --config
+    log(f"model: {args.model}  params={count_parameters(model):,} while training, "
+        f"{inference_parameters(model):,} folded for inference  input={model.config.input_size}px  "
+        f"epochs={args.epochs}  threads={torch.get_num_threads()}  device={device}")
+    log(f"batch: {global_batch} per step" + (f" = {args.batch_size} per process x {procs.world} processes; "
+                                              f"lr {args.lr:g} as given (not scaled with the batch)" if procs.world > 1 else ""))
+    if procs.main:
+        save_text(recipe_text(args), out / "args.toml")  # the resolved options, loadable with --config
     for epoch in range(start_epoch, args.epochs + 1):
         t0 = time.time()
-        tr, step = train_one_epoch(model, ema, optimizer, data["train"], args, gen, step, total_steps, epoch, teachers)
+        tr, step = train_one_epoch(net, ema, optimizer, data["train"], args, (order_gen, aug_gen), step, total_steps,
+                                   epoch, teachers, procs)
+        rank_states = gather((aug_gen.get_state(), torch.get_rng_state()), procs)
+        if not procs.main:
+            if args.stop_after and epoch >= args.stop_after:
+                return {}
+            continue
         va = evaluate(ema.model, data["val"], args.label_smoothing)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
                "val_acc": va["acc"], "lr": tr["lr"], "seconds": time.time() - t0}
@@ -236,17 +283,17 @@ def train(args) -> dict:
               f"lr {tr['lr']:.2e}  {row['seconds']:.1f}s", flush=True)
         save_torch({"args": vars(args), "epoch": epoch, "step": step, "model": model.state_dict(),
                     "ema": ema.model.state_dict(), "ema_updates": ema.updates,
-                    "optimizer": optimizer.state_dict(), "gen_state": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "history": history, "best": best}, ckpt_path)
+                    "optimizer": optimizer.state_dict(), "order_gen": order_gen.get_state(),
+                    "rank_states": rank_states, "processes": procs.world, "history": history, "best": best}, ckpt_path)
         plot_curves(history, out / "curves.png", f"{args.model} ({count_parameters(model):,} params): "
                     "train = running, on augmented batches; val = EMA weights")
         if args.stop_after and epoch >= args.stop_after:
             print(f"stopping after epoch {epoch} as asked (--stop-after); continue with --resume")
             return {}
-    return finish(out, history, data, args)
+    return finish(out, history, data, args, procs.world) if procs.main else {}
 
 
-def finish(out: Path, history: list[dict], data: dict, args) -> dict:
+def finish(out: Path, history: list[dict], data: dict, args, processes: int = 1) -> dict:
     """Reload the val-selected weights in their folded inference form, report test once, write
     metrics.json, summary.md and plots."""
     model, ckpt = load_weights(out / "best.pkl")
@@ -262,6 +309,7 @@ def finish(out: Path, history: list[dict], data: dict, args) -> dict:
         "val_acc": results["val"]["acc"], "test_acc": results["test"]["acc"],
         "train_acc_eval": results["train"]["acc"], "per_class_test": results["test"]["per_class"],
         "confusion_test": results["test"]["confusion"], "train_minutes": train_seconds / 60,
+        "processes": processes, "batch_per_step": args.batch_size * processes,
         "args": vars(args), "history": history,
     }
     save_weights(model, classes, out / "dog_emotion.pkl",
@@ -271,7 +319,8 @@ def finish(out: Path, history: list[dict], data: dict, args) -> dict:
     save_text(f"# Dog-emotion training run: `{args.model}`\n\n"
               f"- parameters: {metrics['params']:,} as shipped (folded), {metrics['train_params']:,} while training\n- input: {model.config.input_size} px\n"
               f"- epochs: {args.epochs} (best val epoch {metrics['best_epoch']}), seed {args.seed}\n"
-              f"- training time: {metrics['train_minutes']:.1f} min on {torch.get_num_threads()} threads\n"
+              f"- training time: {metrics['train_minutes']:.1f} min on {processes} process(es) x "
+              f"{torch.get_num_threads()} thread(s), {metrics['batch_per_step']} images per step\n"
               f"- val accuracy: {metrics['val_acc']:.2f}% (selection)\n"
               f"- **test accuracy: {metrics['test_acc']:.2f}%** (n={results['test']['n']}, reported once)\n\n"
               f"{markdown_table(per_class)}\n![curves](curves.png)\n![confusion](confusion_test.png)\n",
@@ -455,6 +504,8 @@ def main(argv=None) -> None:
         {"train": train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command](args)
     except (DataError, CheckpointError) as e:
         raise SystemExit(f"error: {e}")
+    finally:
+        teardown()
 
 
 if __name__ == "__main__":
