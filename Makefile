@@ -82,7 +82,7 @@ prepare-data: $(STAMP) ## RAW=<Kaggle download> -> deduplicated, split copy in O
 profile: $(STAMP) ## parameters and MACs per layer of WEIGHTS (thop + FlopCounterMode) -> artifacts/profile/
 	$(PY) -m export.profile --weights $(WEIGHTS) $(ARGS)
 
-export: $(STAMP) data ## TorchScript, ONNX, .ort and INT8 ONNX of WEIGHTS, each verified -> artifacts/export/
+export: $(STAMP) data ## TorchScript, ONNX, .ort, INT8 ONNX and .pte (FP32, INT8) of WEIGHTS, each verified -> artifacts/export/
 	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA) $(ARGS)
 
 artifacts/export/dog_emotion.onnx: $(WEIGHTS) | $(STAMP) data

@@ -5,6 +5,7 @@
 1. Inference per exported format and thread count (benchmark/inference.py).
 2. The training input pipeline, per-image transforms vs the decoded cache (benchmark/input_pipeline.py).
 3. The from-scratch MNIST network vs torch.nn + autograd (benchmark/mnist_autograd.py).
+4. Training epoch time: 1 process x 1 thread, 1 x 2, 2 processes (DDP) x 1 (benchmark/training_layouts.py).
 Writes bench.json (rows with snake_case keys), bench.md (the same rows as Markdown tables, units
 in the column titles) and bench.png under --out (default artifacts/bench/). Run it with nothing
 else on the cores: timings taken while training runs are not comparable.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark import inference, input_pipeline, mnist_autograd
+from benchmark import inference, input_pipeline, mnist_autograd, training_layouts
 from export.runtimes import cpu_description
 from train.checkpoint import CheckpointError, load_weights
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, markdown_table, save_json, save_text
@@ -33,7 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="split root (default: %(default)s)")
     ap.add_argument("--out", default=str(ARTIFACTS / "bench"), help="output folder (default: %(default)s)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default: %(default)s)")
-    ap.add_argument("--quick", action="store_true", help="few runs and images: under a minute, for tests and CI")
+    ap.add_argument("--train-epochs", type=int, default=2, help="epochs per training layout; the first is not timed "
+                                                                 "when there are more; 0 skips part 4 (default: %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="few runs and images, a tiny model in part 4: for tests and CI")
     return ap
 
 
@@ -51,18 +54,24 @@ def main(argv=None) -> dict:
         print("from-scratch MNIST vs torch.nn + autograd:")
         mnist = mnist_autograd.bench_mnist(args.quick)
         print(f"  {mnist}")
+        training = []
+        if args.train_epochs > 0:
+            print("training epoch time, processes x threads:")
+            training = training_layouts.bench_training(args.data, args.train_epochs, args.quick)
     except (CheckpointError, DataError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
     machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
-              "inference": rows, "input_pipeline": pipeline, "mnist": mnist}
+              "inference": rows, "input_pipeline": pipeline, "mnist": mnist, "training": training}
     out = Path(args.out)
     save_json(result, out / "bench.json")
     text = (f"# Benchmark ({result['date']}, {machine}, torch {torch.__version__}{', QUICK' if args.quick else ''})\n\n"
             f"## Inference\n\n{markdown_table(rows, inference.COLUMNS)}\n"
             f"## Training input pipeline\n\n{markdown_table([pipeline], input_pipeline.COLUMNS)}\n"
             f"## From-scratch MNIST network vs torch.nn + autograd\n\n{markdown_table([mnist], mnist_autograd.COLUMNS)}\n"
-            f"![bench](bench.png)\n")
+            + (f"## Training epoch time ({'tiny model, QUICK' if args.quick else 'recipes/phone.toml'})\n\n"
+               f"{markdown_table(training, training_layouts.COLUMNS)}\n" if training else "")
+            + "![bench](bench.png)\n")
     save_text(text, out / "bench.md")
     inference.plot(rows, out / "bench.png")
     print("\n" + text)

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from benchmark import bench, inference
+from benchmark import bench, inference, training_layouts
 from export import export as exporter
 from export.profile import profile
 from export.runtimes import FORMATS, make_runner
@@ -104,7 +104,7 @@ def test_bench_refuses_missing_formats(tmp_path):
 @pytest.mark.slow
 def test_bench_quick_end_to_end(exported, tmp_path):
     out, export_rows, _ = exported
-    bench.main(["--export-dir", str(out), "--out", str(tmp_path / "b"), "--quick", "--threads", "1"])
+    bench.main(["--export-dir", str(out), "--out", str(tmp_path / "b"), "--quick", "--threads", "1", "--train-epochs", "1"])
     saved = json.loads((tmp_path / "b" / "bench.json").read_text())
     rows = {r["format"]: r for r in saved["inference"]}
     assert list(rows) == [f for f in inference.ROW_FORMATS if f == "eager" or (out / FORMATS[f]).is_file()]
@@ -118,7 +118,12 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     assert rows["eager"]["p50_vs_eager"] == 1.0 and rows["onnx_fp32"]["p50_vs_eager"] == pytest.approx(
         rows["onnx_fp32"]["p50_ms"] / rows["eager"]["p50_ms"])
     # every key snake_case; units only in the Markdown titles
-    keys = set(rows["eager"]) | set(saved["input_pipeline"]) | set(saved["mnist"])
+    # the three training layouts, each a real run (torchrun; DDP for 2 processes), 64 images per step
+    training = saved["training"]
+    assert [(r["processes"], r["threads"]) for r in training] == list(training_layouts.LAYOUTS)
+    assert all(r["batch_per_process"] * r["processes"] == 64 and r["epoch_s"] > 0 for r in training)
+    assert training[0]["speed_up"] == 1.0
+    keys = set(rows["eager"]) | set(saved["input_pipeline"]) | set(saved["mnist"]) | set(training[0])
     assert all(k.replace("_", "").isalnum() and k.islower() for k in keys), keys
     md = (tmp_path / "b" / "bench.md").read_text()
     assert "| p50 (ms) |" in md and all(f"| {fmt} | 1 |" in md for fmt in rows)
@@ -136,8 +141,9 @@ def test_failed_export_leaves_no_temp_files(real_data, tmp_path, monkeypatch):
     assert left == ["dog_emotion.onnx", "dog_emotion.ort", "dog_emotion.pt"], left  # verified files only
 
 
-@pytest.mark.slow
-def test_pte_of_a_small_generated_model_and_a_failed_check(split_root, tmp_path, monkeypatch):
+@pytest.fixture
+def nano_weights(tmp_path):
+    """A small generated model (random BatchNorm statistics) saved as a weights file."""
     from dataclasses import replace
 
     from mobile_model import MobileCNN, get_config
@@ -145,9 +151,13 @@ def test_pte_of_a_small_generated_model_and_a_failed_check(split_root, tmp_path,
     from train.checkpoint import save_weights
     torch.manual_seed(0)
     model = randomize_batchnorm(MobileCNN(replace(get_config("nano"), input_size=32))).eval()
-    save_weights(model, ["angry", "happy", "relaxed", "sad"], tmp_path / "nano.pkl")
+    return save_weights(model, ["angry", "happy", "relaxed", "sad"], tmp_path / "nano.pkl")
+
+
+@pytest.mark.slow
+def test_pte_of_a_small_generated_model_and_a_failed_check(nano_weights, split_root, tmp_path, monkeypatch):
     monkeypatch.setattr(exporter, "PTE_INT8_AGREEMENT", 101.0)   # no INT8 program can pass this check
-    rows, info = exporter.run_export(str(tmp_path / "nano.pkl"), str(split_root), tmp_path / "out", 16, 0)
+    rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0)
     by_fmt = {r["format"]: r for r in rows}
     assert by_fmt["pte_fp32"]["max abs logit diff"] <= 1e-4 and by_fmt["pte_fp32"]["top-1 agreement (%)"] == 100
     assert by_fmt["pte_int8"]["kept"] == "no" and not (tmp_path / "out" / "dog_emotion.int8.pte").exists()
@@ -156,7 +166,28 @@ def test_pte_of_a_small_generated_model_and_a_failed_check(split_root, tmp_path,
     for batch in (1, 32):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(make_runner("pte_fp32", tmp_path / "out" / "dog_emotion.pte")(x),
-                                   make_runner("eager", model=load_weights(tmp_path / "nano.pkl")[0])(x), atol=1e-4)
+                                   make_runner("eager", model=load_weights(nano_weights)[0])(x), atol=1e-4)
     (tmp_path / "bad.pte").write_bytes(b"not a program")
     with pytest.raises(RuntimeError, match="bad.pte: not a loadable ExecuTorch program"):
         make_runner("pte_fp32", tmp_path / "bad.pte")
+
+
+@pytest.mark.slow
+def test_export_without_flip_averaging(nano_weights, split_root, tmp_path):
+    ckpt = torch.load(nano_weights, weights_only=True)
+    ckpt["state_dict"]["classifier.weight"] *= 100  # logits that visibly depend on the input (a random net's barely do)
+    torch.save(ckpt, nano_weights)
+    rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, flip_average=False)
+    assert info["flip_average"] is False
+    # no mirror image in any program: nothing of it left for portable kernels
+    assert "aten.flip.default" not in info["pte_ops_outside_xnnpack"]["fp32"]
+    meta = json.loads((tmp_path / "out" / exporter.METADATA_SIDECAR).read_text())
+    assert json.loads(meta["config"])["flip_average"] is False
+    # every FP32 file computes the single pass, not the shipped flip average
+    single, _ = exporter.load_for_export(str(nano_weights), flip_average=False)
+    averaged, _ = load_weights(nano_weights)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    ref = make_runner("eager", model=single)(x)
+    assert np.abs(ref - make_runner("eager", model=averaged)(x)).max() > 1e-3
+    for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
+        np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt])(x), ref, atol=1e-4)
