@@ -22,7 +22,8 @@ import torch
 
 from benchmark import inference, input_pipeline, mnist_autograd, training_layouts
 from export.runtimes import cpu_description
-from train.checkpoint import CheckpointError, load_weights
+from export.export import load_for_export
+from train.checkpoint import CheckpointError
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, markdown_table, save_json, save_text
 from train.data import DEFAULT_DATA, DataError, check_data_root, load_folder, storage_size
 
@@ -34,6 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="split root (default: %(default)s)")
     ap.add_argument("--out", default=str(ARTIFACTS / "bench"), help="output folder (default: %(default)s)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default: %(default)s)")
+    ap.add_argument("--no-flip-average", action="store_true", help="eager without mirror-image averaging, to match "
+                                                                    "files exported with --no-flip-average (default: off)")
     ap.add_argument("--train-epochs", type=int, default=2, help="epochs per training layout; the first is not timed "
                                                                  "when there are more; 0 skips part 4 (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="few runs and images, a tiny model in part 4: for tests and CI")
@@ -43,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     try:
-        model, ckpt = load_weights(args.weights)
+        model, ckpt = load_for_export(args.weights, not args.no_flip_average)
         test = load_folder(check_data_root(args.data) / "test", ckpt["classes"],
                            storage_size(model.config.input_size), ARTIFACTS / "cache")
         print("inference:")
@@ -62,10 +65,12 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {e}")
     machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
+              "flip_average": not args.no_flip_average,
               "inference": rows, "input_pipeline": pipeline, "mnist": mnist, "training": training}
     out = Path(args.out)
     save_json(result, out / "bench.json")
-    text = (f"# Benchmark ({result['date']}, {machine}, torch {torch.__version__}{', QUICK' if args.quick else ''})\n\n"
+    text = (f"# Benchmark ({result['date']}, {machine}, torch {torch.__version__}{', QUICK' if args.quick else ''}"
+            f"{', without flip averaging' if args.no_flip_average else ''})\n\n"
             f"## Inference\n\n{markdown_table(rows, inference.COLUMNS)}\n"
             f"## Training input pipeline\n\n{markdown_table([pipeline], input_pipeline.COLUMNS)}\n"
             f"## From-scratch MNIST network vs torch.nn + autograd\n\n{markdown_table([mnist], mnist_autograd.COLUMNS)}\n"
