@@ -209,7 +209,7 @@ def train(args) -> dict:
         if tckpt["classes"] != classes:
             raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']}; the student needs {classes}")
         log(f"distilling from {path} ({count_parameters(teacher):,} params, "
-              f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
+            f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
         if args.teacher_no_flip:
             teacher.config = replace(teacher.config, flip_average=False)
         teachers.append(teacher.to(device))
