@@ -3,6 +3,7 @@
     python -m train.dog_emotion train    [--data DIR] [--model small] [--epochs N] [--resume]
     python -m train.dog_emotion evaluate --data DIR [--weights weights/dog_emotion.pkl]
     python -m train.dog_emotion predict  IMAGE... [--weights weights/dog_emotion.pkl]
+    torchrun --standalone --nproc_per_node 2 -m train.dog_emotion train --batch-size 32 ...   # DDP
 
 The recipe (AdamW, warm-up + cosine, label smoothing, batch augmentation on decoded tensors, an
 EMA of the weights, selection on val) is built for a tiny CNN on ~2,700 images on 2 CPU cores.
