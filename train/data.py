@@ -30,7 +30,7 @@ SPLITS = ("train", "val", "test")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MIN_SIDE = 32          # smaller images hold too little to classify: skipped, with a warning
-CACHE_VERSION = 3      # bump when decoding changes, so old caches are never reused
+CACHE_VERSION = 3      # bump when decoding or the cache layout changes, so old caches are never reused
 DEFAULT_DATA = REPO_ROOT / "data" / "dog_emotion"   # `make` links ../shared/datasets/dog_emotion here
 KAGGLE_HINT = ("Get the public Kaggle 'Dog Emotion' data set "
                "(https://www.kaggle.com/datasets/danielshanbalico/dog-emotion), then either point "
