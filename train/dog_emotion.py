@@ -98,7 +98,7 @@ def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_s
     the same on every rank; augmentation generator, this rank's own)."""
     order_gen, aug_gen = gens
     model.train()
-    device = procs.device
+    device = next(model.parameters()).device
     size = ema.model.config.input_size
     loss_sum = correct = seen = 0
     steps_per_epoch = len(split) // (args.batch_size * procs.world)
@@ -268,8 +268,9 @@ def train(args) -> dict:
         tr, step = train_one_epoch(net, ema, optimizer, data["train"], args, (order_gen, aug_gen), step, total_steps,
                                    epoch, teachers, procs)
         rank_states = gather((aug_gen.get_state(), torch.get_rng_state()), procs)
+        stopping = bool(args.stop_after) and epoch >= args.stop_after
         if not procs.main:
-            if args.stop_after and epoch >= args.stop_after:
+            if stopping:
                 return {}
             continue
         va = evaluate(ema.model, data["val"], args.label_smoothing)
@@ -288,7 +289,7 @@ def train(args) -> dict:
                     "rank_states": rank_states, "processes": procs.world, "history": history, "best": best}, ckpt_path)
         plot_curves(history, out / "curves.png", f"{args.model} ({count_parameters(model):,} params): "
                     "train = running, on augmented batches; val = EMA weights")
-        if args.stop_after and epoch >= args.stop_after:
+        if stopping:
             print(f"stopping after epoch {epoch} as asked (--stop-after); continue with --resume")
             return {}
     return finish(out, history, data, args, procs.world) if procs.main else {}
