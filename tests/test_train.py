@@ -38,6 +38,15 @@ def test_interrupted_run_resumes_to_the_same_result(split_root, tmp_path):
                       "--cache-dir", str(tmp_path / "cache"), *TINY, "--epochs", "3", "--seed", "5",
                       "--stop-after", "1"])
     assert not (tmp_path / "cut" / "metrics.json").exists()
+    # compare reads a finished run (metrics.json) and a stopped one (last.ckpt) side by side
+    rows = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
+        ["compare", str(tmp_path / "full"), str(tmp_path / "cut"), "--out", str(tmp_path / "cmp.png"), "--last", "2"]))
+    best = max(full["history"], key=lambda h: h["val_acc"])
+    assert rows[0]["epochs"] == "3/3" and rows[0]["best val (%)"] == f"{best['val_acc']:.2f} at {best['epoch']}"
+    assert rows[0]["mean val, last 2 epochs (%)"] == f"{(full['history'][1]['val_acc'] + full['history'][2]['val_acc']) / 2:.2f}"
+    assert rows[1]["epochs"] == "1/3 (running or stopped)" and (tmp_path / "cmp.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="nowhere: not a training run folder"):
+        dog_emotion.main(["compare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")])
     resumed = run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--resume")
     for a, b in zip(full["history"], resumed["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)

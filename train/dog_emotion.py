@@ -3,6 +3,7 @@
     python -m train.dog_emotion train    [--data DIR] [--model small] [--epochs N] [--resume]
     python -m train.dog_emotion evaluate --data DIR [--weights weights/dog_emotion.pkl]
     python -m train.dog_emotion predict  IMAGE... [--weights weights/dog_emotion.pkl]
+    python -m train.dog_emotion compare  RUN_DIR... [--out runs.png]     # val curves side by side
     torchrun --standalone --nproc_per_node 2 -m train.dog_emotion train --batch-size 32 ...   # DDP
 
 The recipe (AdamW, warm-up + cosine, label smoothing, batch augmentation on decoded tensors, an
@@ -33,7 +34,7 @@ from train.distributed import Processes, barrier, gather, setup, sum_over_ranks,
 from train.data import (DEFAULT_DATA, BadImage, DataError, augment_batch, check_data_root, class_names,
                         eval_batches, is_split_root, iterate_batches, load_folder, load_input, load_splits, mix_batch,
                         storage_size)
-from train.plots import plot_confusion, plot_curves
+from train.plots import plot_confusion, plot_curves, plot_runs
 
 # ---------------------------------------------------------------- training
 
@@ -390,6 +391,43 @@ def cmd_predict(args) -> list[dict]:
     return results
 
 
+def read_run(run_dir: str | Path) -> dict:
+    """A training run's options and per-epoch history: metrics.json once it has finished,
+    last.ckpt while it is still going (or was stopped)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        with open(run_dir / "metrics.json") as f:
+            run = json.load(f)
+    elif (run_dir / "last.ckpt").is_file():
+        run = safe_load(run_dir / "last.ckpt")
+    else:
+        raise DataError(f"{run_dir}: not a training run folder (no metrics.json or last.ckpt in it)")
+    if not run.get("history"):
+        raise DataError(f"{run_dir}: the run has no finished epoch yet")
+    return {"args": run["args"], "history": run["history"], "finished": "test_acc" in run}
+
+
+def cmd_compare(args) -> list[dict]:
+    """Val curves of several runs in one figure and a table of their best val epochs. Test accuracy
+    is left out on purpose: this is for choosing between recipes, which is val's job."""
+    runs = {Path(d).name: read_run(d) for d in args.runs}
+    rows = []
+    for name, run in runs.items():
+        h, a = run["history"], run["args"]
+        best = max(h, key=lambda r: r["val_acc"])
+        rows.append({"run": name, "model": a["model"], "seed": a["seed"],
+                     "epochs": f"{h[-1]['epoch']}/{a['epochs']}" + ("" if run["finished"] else " (running or stopped)"),
+                     "best val (%)": f"{best['val_acc']:.2f} at {best['epoch']}",
+                     f"mean val, last {args.last} epochs (%)": f"{np.mean([r['val_acc'] for r in h[-args.last:]]):.2f}",
+                     "minutes": f"{sum(r['seconds'] for r in h) / 60:.1f}"})
+    print(markdown_table(rows))
+    plot_runs({name: run["history"] for name, run in runs.items()}, args.out,
+              f"val accuracy and loss per epoch (EMA weights); bold: running mean over {args.window} epochs",
+              args.window)
+    print(f"wrote {args.out}")
+    return rows
+
+
 # Options that are not part of a recipe (how this invocation was asked), and those that change
 # where or how fast a run goes but never what it computes: every other option must match for --resume.
 NOT_RECIPE_OPTIONS = ("command", "config", "resume", "stop_after")
@@ -492,6 +530,11 @@ def get_args_parser() -> argparse.ArgumentParser:
             s.add_argument("images", nargs="+", help="image files")
             s.add_argument("--json", action="store_true", help='one JSON object per line and file: {"file", "label", '
                                                                '"probabilities"} or {"file", "error"}')
+    c = sub.add_parser("compare", help="val curves of several training runs in one figure, and their best epochs")
+    c.add_argument("runs", nargs="+", help="run folders (the --out of `train`), finished or not")
+    c.add_argument("--out", default=str(ARTIFACTS / "compare.png"), help="figure to write (default: %(default)s)")
+    c.add_argument("--window", type=int, default=9, help="epochs in the running mean drawn bold (default: %(default)s)")
+    c.add_argument("--last", type=int, default=10, help="the table's mean val covers this many final epochs (default: %(default)s)")
     p.train_parser = t  # main() loads --config recipes into it
     return p
 
@@ -503,7 +546,7 @@ def main(argv=None) -> None:
         apply_recipe(parser.train_parser, args.config)
         args = parser.parse_args(argv)
     try:
-        {"train": train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command](args)
+        {"train": train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}[args.command](args)
     except (DataError, CheckpointError) as e:
         raise SystemExit(f"error: {e}")
     finally:

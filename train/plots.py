@@ -66,3 +66,28 @@ def image_grid(images: list, titles: list[str], path: str | Path, cols: int, tit
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def plot_runs(runs: dict[str, list[dict]], path: str | Path, title: str, window: int = 9) -> Path:
+    """Val accuracy and loss per epoch of several runs side by side. One image of 400 is 0.25
+    points, so each run's raw line is drawn faint and its centred running mean over `window`
+    epochs bold: the trend is what tells recipes apart."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (name, history) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        epochs = np.array([h["epoch"] for h in history])
+        for ax, key in zip(axes, ("val_acc", "val_loss")):
+            values = np.array([h[key] for h in history], dtype=float)
+            ax.plot(epochs, values, color=color, alpha=0.25, linewidth=0.8)
+            if len(values) >= window:
+                smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+                ax.plot(epochs[window // 2:len(epochs) - window // 2], smooth, color=color, label=name)
+            else:
+                ax.plot(epochs, values, color=color, label=name)
+    for ax, label in zip(axes, ("val accuracy (%)", "val loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, path)
