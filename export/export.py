@@ -122,7 +122,7 @@ class ImageReader(CalibrationDataReader):
 # saturate. Only those are eligible to be kept, so the same weights give the same INT8 file and
 # accuracy on every x86 CPU; they are also calibrated by percentile (99.999% of the values, which
 # ignores a few outliers). Entropy calibration is not listed: in onnxruntime 1.30 it wrote files
-# byte-identical to MinMax's for the shipped model (docs/results.md).
+# byte-identical to MinMax's for the shipped model (docs/deployment.md).
 class QuantSetting(NamedTuple):
     name: str
     activation: QuantType
