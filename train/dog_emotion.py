@@ -410,7 +410,8 @@ def read_run(run_dir: str | Path) -> dict:
 def cmd_compare(args) -> list[dict]:
     """Val curves of several runs in one figure and a table of their best val epochs. Test accuracy
     is left out on purpose: this is for choosing between recipes, which is val's job."""
-    runs = {Path(d).name: read_run(d) for d in args.runs}
+    names = [Path(d).name for d in args.runs]   # the folder name, or the whole path where two share a name
+    runs = {(n if names.count(n) == 1 else str(d)): read_run(d) for n, d in zip(names, args.runs)}
     rows = []
     for name, run in runs.items():
         h, a = run["history"], run["args"]
