@@ -196,6 +196,8 @@ CONFIGS: dict[str, ModelConfig] = {
     # the phone-sized candidate: wider and one block deeper at 56x56 and 28x28, where channels
     # cost MACs but few parameters; narrow at 7x7, where each channel costs the most parameters
     "phone": ModelConfig(stem=24, stages=((32, 1, 1), (48, 2, 2), (64, 2, 2), (120, 2, 1)), flip_average=True),
+    # phone's layout under 10,000 parameters: the same five stages, narrower everywhere
+    "micro": ModelConfig(stem=16, stages=((24, 1, 1), (32, 2, 2), (40, 2, 2), (54, 2, 1)), flip_average=True),
     "base": ModelConfig(stem=16, stages=((32, 2, 1), (64, 2, 2), (160, 2, 2)), flip_average=True),
     # the shipped one: wide only where the feature maps are small (14x14, 7x7), so it has 8.8x
     # the parameters of small for 1.7x its time per training step (one thread)
