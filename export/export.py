@@ -150,17 +150,13 @@ QUANT_SETTINGS = [
 ]
 
 
-def quantize_int8(fp32: Path, tmp: Path, calib: torch.Tensor, input_size: int, setting: QuantSetting,
-                  meta: dict) -> None:
-    prep = temp_path(tmp)
-    try:
-        quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
-        quantize_static(str(prep), str(tmp), ImageReader(calib, input_size), quant_format=QuantFormat.QDQ,
-                        per_channel=setting.per_channel, reduce_range=setting.reduce_range,
-                        activation_type=setting.activation, weight_type=setting.weight,
-                        calibrate_method=setting.calibration)
-    finally:
-        prep.unlink(missing_ok=True)
+def quantize_int8(prepared: Path, tmp: Path, reader: ImageReader, setting: QuantSetting, meta: dict) -> None:
+    """`prepared`: the FP32 file after quant_pre_process, made once for all settings."""
+    reader.rewind()
+    quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
+                    per_channel=setting.per_channel, reduce_range=setting.reduce_range,
+                    activation_type=setting.activation, weight_type=setting.weight,
+                    calibrate_method=setting.calibration)
     set_metadata(tmp, meta)
 
 
@@ -261,9 +257,11 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
         # difference (never chosen on test; val accuracy above FP32's own is noise, not skill)
         candidates = []
         eager_val = batched_logits(make_runner("eager", model=model), val.images, size)
+        prepared, reader = new_temp("int8-prepared.onnx"), ImageReader(calib, size)
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         for setting in QUANT_SETTINGS:
             tmp = new_temp(FORMATS["onnx_int8"])
-            quantize_int8(fp32_path, tmp, calib, size, setting, meta)
+            quantize_int8(prepared, tmp, reader, setting, meta)
             run = make_runner("onnx_int8", tmp)
             r = parity_row("onnx_int8", tmp, batched_logits(run, test.images, size), eager, labels)
             r["int8 setting"] = setting.name
