@@ -199,7 +199,7 @@ CONFIGS: dict[str, ModelConfig] = {
     # phone's layout under 10,000 parameters: the same five stages, narrower everywhere
     "micro": ModelConfig(stem=16, stages=((24, 1, 1), (32, 2, 2), (40, 2, 2), (54, 2, 1)), flip_average=True),
     "base": ModelConfig(stem=16, stages=((32, 2, 1), (64, 2, 2), (160, 2, 2)), flip_average=True),
-    # the shipped one: wide only where the feature maps are small (14x14, 7x7), so it has 8.8x
+    # the teacher (weights/teacher_large.pkl): wide only where the feature maps are small (14x14, 7x7), so it has 8.8x
     # the parameters of small for 1.7x its time per training step (one thread)
     "large": ModelConfig(stem=16, stages=((32, 2, 1), (96, 2, 3), (256, 2, 3)), flip_average=True),
 }
