@@ -166,6 +166,29 @@ def test_bad_recipes_are_refused_by_name(tmp_path, text, message):
         dog_emotion.main(["train", "--config", str(tmp_path / "none.toml")])
 
 
+def test_a_recipe_extends_another_and_overrides_its_options(tmp_path):
+    (tmp_path / "base.toml").write_text('model = "nano"\nepochs = 7\ncrop_scale = 0.25\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.toml").write_text('extends = "../base.toml"\nepochs = 3\n')
+    parser = dog_emotion.get_args_parser()
+    dog_emotion.apply_recipe(parser.train_parser, str(tmp_path / "sub" / "child.toml"))
+    args = parser.parse_args(["train"])
+    assert (args.model, args.epochs, args.crop_scale) == ("nano", 3, 0.25)   # inherited, overridden, inherited
+    # a bad option is named with the file it is in, and loops and missing parents are refused by name
+    (tmp_path / "base.toml").write_text('model = "nano"\nepoch = 7\n')
+    with pytest.raises(SystemExit, match=r"base.toml: unknown option 'epoch'"):
+        dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
+    (tmp_path / "base.toml").write_text('extends = "sub/child.toml"\n')
+    with pytest.raises(SystemExit, match="extends itself"):
+        dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
+    (tmp_path / "base.toml").unlink()
+    with pytest.raises(SystemExit, match=r"base.toml: No such file"):
+        dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
+    (tmp_path / "sub" / "child.toml").write_text('extends = ["a.toml"]\n')
+    with pytest.raises(SystemExit, match="'extends' takes one recipe file name"):
+        dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
+
+
 def test_every_recipe_in_the_repo_loads():
     from train.common import REPO_ROOT
     recipes = sorted((REPO_ROOT / "recipes").glob("*.toml"))

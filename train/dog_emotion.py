@@ -444,9 +444,12 @@ def recipe_text(args) -> str:
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in vars(args).items() if k not in NOT_RECIPE_OPTIONS)
 
 
-def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
-    """Make a TOML recipe's values the parser's defaults, checked as the command line would check
-    them; a key the parser does not know is an error. The command line still overrides any of them."""
+def read_recipe(path: Path, chain: tuple = ()) -> dict:
+    """A TOML recipe's options, each with the file it came from. `extends = "other.toml"` (a path
+    relative to the recipe's folder) loads that recipe first and this file's options override its
+    options, so a variant states only what differs from the recipe it builds on."""
+    if path.resolve() in chain:
+        raise SystemExit(f"error: recipe {path}: extends itself (" + " -> ".join(str(p) for p in chain + (path,)) + ")")
     try:
         with open(path, "rb") as f:
             recipe = tomllib.load(f)
@@ -454,13 +457,27 @@ def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
         raise SystemExit(f"error: recipe {path}: {e.strerror}")
     except tomllib.TOMLDecodeError as e:
         raise SystemExit(f"error: recipe {path}: not valid TOML ({e})")
+    options = {}
+    if "extends" in recipe:
+        base = recipe.pop("extends")
+        if not isinstance(base, str):
+            raise SystemExit(f"error: recipe {path}: 'extends' takes one recipe file name, not {base!r}")
+        options = read_recipe(path.parent / base, chain + (path.resolve(),))
+    options.update({key: (value, path) for key, value in recipe.items()})
+    return options
+
+
+def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
+    """Make a TOML recipe's values the parser's defaults, checked as the command line would check
+    them; a key the parser does not know is an error. The command line still overrides any of them."""
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    for key, value in recipe.items():
+    defaults = {}
+    for key, (value, source) in read_recipe(Path(path)).items():
         if key not in actions:
-            raise SystemExit(f"error: recipe {path}: unknown option {key!r} (known: {', '.join(sorted(actions))})")
+            raise SystemExit(f"error: recipe {source}: unknown option {key!r} (known: {', '.join(sorted(actions))})")
         action = actions[key]
         if (action.nargs in ("*", "+")) != isinstance(value, list):
-            raise SystemExit(f"error: recipe {path}: option {key!r} takes "
+            raise SystemExit(f"error: recipe {source}: option {key!r} takes "
                              f"{'a list' if action.nargs in ('*', '+') else 'one value'}, not {value!r}")
         try:
             values = value if isinstance(value, list) else [value]
@@ -469,9 +486,9 @@ def apply_recipe(parser: argparse.ArgumentParser, path: str) -> None:
             if action.choices is not None and any(v not in action.choices for v in values):
                 raise ValueError(f"{value!r} is not one of {sorted(action.choices)}")
         except (ValueError, argparse.ArgumentTypeError) as e:
-            raise SystemExit(f"error: recipe {path}: option {key!r}: {e}")
-        recipe[key] = values if isinstance(value, list) else values[0]
-    parser.set_defaults(**recipe)
+            raise SystemExit(f"error: recipe {source}: option {key!r}: {e}")
+        defaults[key] = values if isinstance(value, list) else values[0]
+    parser.set_defaults(**defaults)
 
 
 def fraction(text: str) -> float:
@@ -488,6 +505,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train from scratch; writes weights, curves, metrics under --out")
     t.add_argument("--config", default="", help="TOML recipe (recipes/*.toml) whose values become the defaults; "
+                                                 "`extends = \"other.toml\"` in it builds on another recipe; "
                                                  "options given on the command line win (default: none)")
     t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
     t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
