@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mobile_model import MobileCNN, count_parameters, fold, get_config, inference_parameters
-from train.dog_emotion import EMA, distillation_loss, lr_at, make_optimizer
+from train.dog_emotion import EMA, channels_last_trainable, distillation_loss, lr_at, make_optimizer
 
 
 def test_distillation_loss_is_zero_for_equal_outputs_and_matches_a_hand_worked_case():
@@ -123,3 +123,39 @@ def test_amp_is_refused_off_cuda(tmp_path):
     from train import dog_emotion
     with pytest.raises(SystemExit, match="bf16 autocast.*for CUDA"):
         dog_emotion.main(["train", "--data", str(tmp_path), "--device", "cpu", "--amp"])
+
+
+@pytest.mark.parametrize("name", ["phone", "nano"])
+def test_a_channels_last_training_step_gives_the_gradients_of_an_nchw_one(name):
+    """Training keeps weights and batches channels-last on the CPU (faster there): the same step
+    in both layouts must give the same loss and gradients, to float rounding."""
+    torch.manual_seed(0)
+    nchw = MobileCNN(replace(get_config(name), input_size=48)).train()
+    with torch.no_grad():                    # BatchNorm affine values that are not the fresh 1 and 0
+        for m in nchw.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    last = MobileCNN(nchw.config).train()
+    last.load_state_dict(nchw.state_dict())
+    last = last.to(memory_format=torch.channels_last)
+    assert channels_last_trainable(last)
+    assert last.features[1].depthwise[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x, y = torch.rand(16, 3, 48, 48), torch.randint(0, 4, (16,))
+    losses = []
+    for model, batch in ((nchw, x), (last, x.contiguous(memory_format=torch.channels_last))):
+        torch.manual_seed(1)                                        # the same dropout mask
+        loss = F.cross_entropy(model(batch), y)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for (name_, a), b in zip(nchw.named_parameters(), last.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-5), name_
+    for a, b in zip(nchw.buffers(), last.buffers(), strict=True):      # BatchNorm's running statistics
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_models_whose_convs_hit_the_channels_last_fault_train_in_nchw():
+    plain = MobileCNN(get_config("phone"))
+    branched = MobileCNN(replace(get_config("phone"), branches=1))  # its stem has a 1x1 stride-2 branch over RGB
+    assert channels_last_trainable(plain) and not channels_last_trainable(branched)
