@@ -81,10 +81,11 @@ def channels_last_layout(device: torch.device, args) -> bool:
 
 
 def channels_last_trainable(model: torch.nn.Module) -> bool:
-    """Whether a model may train channels-last. Not when a 1x1 stride-2 conv reads fewer than 8
-    channels per group: oneDNN (torch 2.14.1) corrupts the heap in that conv's weight gradient in
-    channels-last (a stem re-parameterization branch over RGB died here with a double free)."""
-    return not any(m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels // m.groups < 8
+    """Whether a model may train channels-last. Not when a strided 1x1 conv reads fewer channels per
+    group than oneDNN's input block (8 with AVX2, 16 with AVX-512): its x64 kernel for that conv's
+    weight gradient in channels-last writes past its workspace (oneDNN issue 6035: wrong gradients,
+    hangs or crashes; a stem re-parameterization branch over RGB died here with a double free)."""
+    return not any(m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels // m.groups < 16
                    for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
