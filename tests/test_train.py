@@ -56,6 +56,9 @@ def test_interrupted_run_resumes_to_the_same_result(split_root, tmp_path):
         run_train(split_root, tmp_path / "cut", "--epochs", "4", "--seed", "5", "--resume")
     with pytest.raises(SystemExit, match="lr=0.004, now 0.01"):   # any option that changes the result
         run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--lr", "0.01", "--resume")
+    # a run continues in the memory layout it started in: float rounding differs between layouts
+    with pytest.raises(SystemExit, match="written in the channels-last layout, this run would be NCHW"):
+        run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--no-channels-last", "--resume")
 
 
 def test_other_architecture_and_tampered_files_are_refused(tmp_path):

@@ -89,6 +89,10 @@ def channels_last_trainable(model: torch.nn.Module) -> bool:
                    for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
+def layout_name(channels_last: bool) -> str:
+    return "channels-last" if channels_last else "NCHW"
+
+
 def for_input_size(x: torch.Tensor, size: int) -> torch.Tensor:
     return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
                                                          align_corners=False)
@@ -266,6 +270,10 @@ def train(args) -> dict:
             raise CheckpointError(f"{ckpt_path}: was written with other options ("
                                   + ", ".join(f"{k}={old!r}, now {new!r}" for k, (old, new) in changed.items())
                                   + "); resume with the same options")
+        if state.get("channels_last", False) != (memory_format == torch.channels_last):  # absent: before the option
+            raise CheckpointError(f"{ckpt_path}: was written in the {layout_name(state.get('channels_last', False))} "
+                                  f"layout, this run would be {layout_name(memory_format == torch.channels_last)}; "
+                                  "resume in the same layout (--no-channels-last: NCHW) to continue the same run")
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
         ema.updates = state["ema_updates"]
@@ -281,7 +289,7 @@ def train(args) -> dict:
     log(f"model: {args.model}  params={count_parameters(model):,} while training, "
         f"{inference_parameters(model):,} folded for inference  input={model.config.input_size}px  "
         f"epochs={args.epochs}  threads={torch.get_num_threads()}  device={device}  "
-        f"layout={'channels-last' if memory_format == torch.channels_last else 'NCHW'}")
+        f"layout={layout_name(memory_format == torch.channels_last)}")
     log(f"batch: {global_batch} per step" + (f" = {args.batch_size} per process x {procs.world} processes; "
                                               f"lr {args.lr:g} as given (not scaled with the batch)" if procs.world > 1 else ""))
     if procs.main:
@@ -309,7 +317,8 @@ def train(args) -> dict:
         save_torch({"args": vars(args), "epoch": epoch, "step": step, "model": model.state_dict(),
                     "ema": ema.model.state_dict(), "ema_updates": ema.updates,
                     "optimizer": optimizer.state_dict(), "order_gen": order_gen.get_state(),
-                    "rank_states": rank_states, "processes": procs.world, "history": history, "best": best}, ckpt_path)
+                    "rank_states": rank_states, "processes": procs.world, "history": history, "best": best,
+                    "channels_last": memory_format == torch.channels_last}, ckpt_path)
         plot_curves(history, out / "curves.png", f"{args.model} ({count_parameters(model):,} params): "
                     "train = running, on augmented batches; val = EMA weights")
         if stopping:
