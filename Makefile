@@ -38,11 +38,11 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 # overrides any of its options. The shipped model is recipes/phone.toml.
 TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
 # The recipes say one thread (two runs side by side, one per core); alone, both cores are faster:
-# `make bench` measured an epoch at 18.3 s on 2 threads, 29.9 s on 1, 19.7 s as 2 DDP processes.
-train: $(STAMP) data ## train the shipped model (recipes/phone.toml) against the shipped teacher on all cores; ~50 min here -> artifacts/train/
+# `make bench` measured an epoch at 14.75 s on 2 threads, 21.7 s on 1, 15.55 s as 2 DDP processes.
+train: $(STAMP) data ## train the shipped model (recipes/phone.toml) against the shipped teacher on all cores; 40 min here -> artifacts/train/
 	$(TRAIN) --config recipes/phone.toml --threads 0 $(ARGS)
 
-train-quick: $(STAMP) data ## the shipped recipe for 30 epochs on both cores, for trying things; 10.6 min here -> artifacts/train-quick/
+train-quick: $(STAMP) data ## the shipped recipe for 30 epochs on both cores, for trying things; 10.6 min here in NCHW, before channels-last -> artifacts/train-quick/
 	$(TRAIN) --config recipes/phone.toml --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
 
 # Several processes (torchrun, DDP; gloo on CPUs, NCCL on GPUs): the same 64 images per step,
