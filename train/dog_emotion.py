@@ -226,6 +226,7 @@ def train(args) -> dict:
         save_text("".join(f"{reason}\n" for reason in skipped), out / "skipped.txt")
         print(f"skipped {len(skipped)} unreadable files; the list with reasons: {out / 'skipped.txt'}")
 
+    device_channels_last = channels_last_layout(device, args)
     teachers = []
     for path in args.teacher:
         teacher, tckpt = load_weights(path)
@@ -235,12 +236,13 @@ def train(args) -> dict:
             f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
         if args.teacher_no_flip:
             teacher.config = replace(teacher.config, flip_average=False)
-        teachers.append(teacher.to(device, memory_format=torch.channels_last) if channels_last_layout(device, args)
-                        else teacher.to(device))  # forward only: channels_last_trainable's fault cannot hit it
+        # forward only: channels_last_trainable's fault (a weight gradient) cannot hit a teacher
+        teachers.append(teacher.to(device, memory_format=torch.channels_last if device_channels_last
+                                   else torch.preserve_format))
     order_gen = seed_everything(args.seed)  # the same on every rank: same init, same batch order
     aug_gen = torch.Generator().manual_seed(augmentation_seed(args.seed, procs.rank))
     model = build_model(config).to(device)
-    channels_last = channels_last_layout(device, args) and channels_last_trainable(model)
+    channels_last = device_channels_last and channels_last_trainable(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     ema = EMA(model, args.ema_decay)
