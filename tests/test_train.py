@@ -40,11 +40,25 @@ def test_interrupted_run_resumes_to_the_same_result(split_root, tmp_path):
     assert not (tmp_path / "cut" / "metrics.json").exists()
     # compare reads a finished run (metrics.json) and a stopped one (last.ckpt) side by side
     rows = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
-        ["compare", str(tmp_path / "full"), str(tmp_path / "cut"), "--out", str(tmp_path / "cmp.png"), "--last", "2"]))
+        ["compare", str(tmp_path / "full"), str(tmp_path / "cut"), "--out", str(tmp_path / "cmp.png"), "--last", "2"]))["runs"]
     best = max(full["history"], key=lambda h: h["val_acc"])
     assert rows[0]["epochs"] == "3/3" and rows[0]["best val (%)"] == f"{best['val_acc']:.2f} at {best['epoch']}"
     assert rows[0]["mean val, last 2 epochs (%)"] == f"{(full['history'][1]['val_acc'] + full['history'][2]['val_acc']) / 2:.2f}"
     assert rows[1]["epochs"] == "1/3 (running or stopped)" and (tmp_path / "cmp.png").stat().st_size > 0
+    # grouped by recipe: another seed of the same recipe (in another folder, on other threads) joins
+    # its group; another learning rate is another recipe. Faked from full's metrics with those edits.
+    for folder, edit in (("seed9", {"seed": 9, "threads": 2}), ("lr", {"lr": 0.01})):
+        (tmp_path / folder).mkdir()
+        m = {**full, "args": {**full["args"], **edit, "out": str(tmp_path / folder)},
+             "history": [{**h, "val_acc": h["val_acc"] + 10} for h in full["history"]]}
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(m))
+    recipes = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
+        ["compare", *(str(tmp_path / f) for f in ("full", "seed9", "lr")), "--out", str(tmp_path / "cmp.png")]))["recipes"]
+    assert recipes == [{"runs": "lr", "seeds": 1, "mean best val (%)": f"{best['val_acc'] + 10:.3f}"},
+                       {"runs": "full, seed9", "seeds": 2, "mean best val (%)": f"{best['val_acc'] + 5:.3f}"}]
+    until = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
+        ["compare", str(tmp_path / "full"), "--until", "1", "--out", str(tmp_path / "cmp.png")]))["runs"]
+    assert until[0]["epochs"] == "1/3" and until[0]["best val (%)"] == f"{full['history'][0]['val_acc']:.2f} at 1"
     with pytest.raises(SystemExit, match="nowhere: not a training run folder"):
         dog_emotion.main(["compare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")])
     resumed = run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--resume")

@@ -440,12 +440,18 @@ def read_run(run_dir: str | Path) -> dict:
     return {"args": run["args"], "history": run["history"], "finished": "test_acc" in run}
 
 
-def cmd_compare(args) -> list[dict]:
-    """Val curves of several runs in one figure and a table of their best val epochs. Test accuracy
-    is left out on purpose: this is for choosing between recipes, which is val's job."""
+def cmd_compare(args) -> dict[str, list[dict]]:
+    """Val curves of several runs in one figure, a table of their best val epochs, and the runs
+    grouped by recipe (runs that differ only in seed) ranked by their mean best val: the statistic
+    the selection rule in docs/results.md ranks recipes by. Test accuracy is left out on purpose:
+    this is for choosing between recipes, which is val's job."""
     names = [Path(d).name for d in args.runs]   # the folder name, or the whole path where two share a name
     runs = {(n if names.count(n) == 1 else str(d)): read_run(d) for n, d in zip(names, args.runs)}
-    rows = []
+    for name, run in runs.items():               # --until: equal epochs for schedules of different lengths
+        run["history"] = [r for r in run["history"] if not args.until or r["epoch"] <= args.until]
+        if not run["history"]:
+            raise DataError(f"{name}: no epoch up to --until {args.until}")
+    rows, by_recipe = [], {}
     for name, run in runs.items():
         h, a = run["history"], run["args"]
         best = max(h, key=lambda r: r["val_acc"])
@@ -454,12 +460,24 @@ def cmd_compare(args) -> list[dict]:
                      "best val (%)": f"{best['val_acc']:.2f} at {best['epoch']}",
                      f"mean val, last {args.last} epochs (%)": f"{np.mean([r['val_acc'] for r in h[-args.last:]]):.2f}",
                      "minutes": f"{sum(r['seconds'] for r in h) / 60:.1f}"})
+        by_recipe.setdefault(recipe_key(a), []).append((name, best["val_acc"]))
+    recipes = sorted(({"runs": ", ".join(n for n, _ in g), "seeds": len(g),
+                       "mean best val (%)": f"{np.mean([v for _, v in g]):.3f}"} for g in by_recipe.values()),
+                     key=lambda r: -float(r["mean best val (%)"]))
     print(markdown_table(rows))
+    print("\nBy recipe (runs that differ only in seed), best first:\n")
+    print(markdown_table(recipes))
     plot_runs({name: run["history"] for name, run in runs.items()}, args.out,
               f"val accuracy and loss per epoch (EMA weights); bold: running mean over {args.window} epochs",
               args.window)
     print(f"wrote {args.out}")
-    return rows
+    return {"runs": rows, "recipes": recipes}
+
+
+def recipe_key(run_args: dict) -> str:
+    """What a run trained, leaving out its seed and where or how fast it ran: two runs with the
+    same key are draws of one recipe."""
+    return json.dumps({k: v for k, v in run_args.items() if k not in RUN_ONLY_OPTIONS + ("seed",)}, sort_keys=True)
 
 
 # Options that are not part of a recipe (how this invocation was asked), and those that change
@@ -590,6 +608,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=str(ARTIFACTS / "compare.png"), help="figure to write (default: %(default)s)")
     c.add_argument("--window", type=int, default=9, help="epochs in the running mean drawn bold (default: %(default)s)")
     c.add_argument("--last", type=int, default=10, help="the table's mean val covers this many final epochs (default: %(default)s)")
+    c.add_argument("--until", type=int, default=0, help="count epochs up to this one only, to compare schedules of "
+                                                        "different lengths at equal epochs (default: all)")
     p.train_parser = t  # main() loads --config recipes into it
     return p
 
