@@ -3,7 +3,7 @@
     python -m train.dog_emotion train    [--data DIR] [--model small] [--epochs N] [--resume]
     python -m train.dog_emotion evaluate --data DIR [--weights weights/dog_emotion.pkl]
     python -m train.dog_emotion predict  IMAGE... [--weights weights/dog_emotion.pkl]
-    python -m train.dog_emotion compare  RUN_DIR... [--out runs.png]     # val curves side by side
+    python -m train.dog_emotion compare  RUN_DIR... [--until N] [--out runs.png]   # val curves, recipes ranked by mean val
     torchrun --standalone --nproc_per_node 2 -m train.dog_emotion train --batch-size 32 ...   # DDP
 
 The recipe (AdamW, warm-up + cosine, label smoothing, batch augmentation on decoded tensors, an
