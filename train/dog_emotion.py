@@ -267,7 +267,7 @@ def train(args) -> dict:
         if state["processes"] != procs.world:
             raise CheckpointError(f"{ckpt_path}: written by a run of {state['processes']} processes; resume it with "
                                   f"as many (this one has {procs.world})")
-        changed = {k: (state["args"].get(k), v) for k, v in result_options(args).items() if state["args"].get(k) != v}
+        changed = {k: (state["args"].get(k), v) for k, v in result_options(vars(args)).items() if state["args"].get(k) != v}
         if changed:
             raise CheckpointError(f"{ckpt_path}: was written with other options ("
                                   + ", ".join(f"{k}={old!r}, now {new!r}" for k, (old, new) in changed.items())
@@ -474,20 +474,20 @@ def cmd_compare(args) -> dict[str, list[dict]]:
     return {"runs": rows, "recipes": recipes}
 
 
-def recipe_key(run_args: dict) -> str:
-    """What a run trained, leaving out its seed and where or how fast it ran: two runs with the
-    same key are draws of one recipe."""
-    return json.dumps({k: v for k, v in run_args.items() if k not in RUN_ONLY_OPTIONS + ("seed",)}, sort_keys=True)
-
-
 # Options that are not part of a recipe (how this invocation was asked), and those that change
 # where or how fast a run goes but never what it computes: every other option must match for --resume.
 NOT_RECIPE_OPTIONS = ("command", "config", "resume", "stop_after")
 RUN_ONLY_OPTIONS = NOT_RECIPE_OPTIONS + ("out", "cache_dir", "threads", "no_channels_last")
 
 
-def result_options(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in RUN_ONLY_OPTIONS}
+def result_options(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k not in RUN_ONLY_OPTIONS}
+
+
+def recipe_key(run_args: dict) -> str:
+    """What a run trained, leaving out its seed and where or how fast it ran: two runs with the
+    same key are draws of one recipe."""
+    return json.dumps({k: v for k, v in result_options(run_args).items() if k != "seed"}, sort_keys=True)
 
 
 def recipe_text(args) -> str:
