@@ -12,6 +12,9 @@ RAW ?=
 OUT ?= artifacts/prepared_data
 ARGS ?=
 NPROC ?= 2
+# The shipped model's recipe; RECIPE=recipes/<name>.toml gives train, train-quick, train-ddp and
+# train-all any other.
+RECIPE ?= recipes/phone.toml
 
 # glibc's malloc hands large freed buffers back to the kernel, and PyTorch asks for them again every
 # step: page faults and system time. Keeping them (buffers up to 32 MB from the heap, no trimming
@@ -26,7 +29,7 @@ export MALLOC_TOP_PAD_ ?= 268435456
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=<split root> (default $(DATA)), WEIGHTS=<.pkl>, NPROC=<processes> (train-ddp), ARGS='<extra CLI options>'"
+	@echo "  variables: DATA=<split root> (default $(DATA)), RECIPE=<.toml> (default $(RECIPE)), WEIGHTS=<.pkl>, NPROC=<processes> (train-ddp), ARGS='<extra CLI options>'"
 
 $(STAMP): requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -43,28 +46,28 @@ data/dog_emotion:
 data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emotion) to data/dog_emotion
 
 # Every named training run is a recipe file, recipes/<name>.toml, loaded with --config; ARGS
-# overrides any of its options. The shipped model is recipes/phone.toml.
+# overrides any of its options. The shipped model is RECIPE.
 TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
 # The recipes say one thread (two runs side by side, one per core); alone, both cores are faster:
 # `make bench` measured an epoch at 14.75 s on 2 threads, 21.7 s on 1, 15.55 s as 2 DDP processes.
-train: $(STAMP) data ## train the shipped model (recipes/phone.toml) against the shipped teacher on all cores; 40 min here -> artifacts/train/
-	$(TRAIN) --config recipes/phone.toml --threads 0 $(ARGS)
+train: $(STAMP) data ## train the shipped model (RECIPE) against the shipped teacher on all cores; 40 min here -> artifacts/train/
+	$(TRAIN) --config $(RECIPE) --threads 0 $(ARGS)
 
-train-quick: $(STAMP) data ## the shipped recipe for 30 epochs on both cores, for trying things; 8.6 min here -> artifacts/train-quick/
-	$(TRAIN) --config recipes/phone.toml --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
+train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things; 8.6 min here -> artifacts/train-quick/
+	$(TRAIN) --config $(RECIPE) --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
 
 # Several processes (torchrun, DDP; gloo on CPUs, NCCL on GPUs): the same 64 images per step,
 # 64/NPROC per process, one thread each. docs/scale-out.md has the multi-GPU and multi-machine flags.
-train-ddp: $(STAMP) data ## the shipped recipe as NPROC (default 2) DDP processes via torchrun -> artifacts/train-ddp/
+train-ddp: $(STAMP) data ## RECIPE as NPROC (default 2) DDP processes via torchrun -> artifacts/train-ddp/
 	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m train.dog_emotion train --data $(DATA) \
-		--config recipes/phone.toml --batch-size $$((64 / $(NPROC))) --threads 1 --out artifacts/train-ddp $(ARGS)
+		--config $(RECIPE) --batch-size $$((64 / $(NPROC))) --threads 1 --out artifacts/train-ddp $(ARGS)
 
 teacher: $(STAMP) data ## train the 190k teacher from scratch (recipes/large.toml) on all cores -> artifacts/teacher/
 	$(TRAIN) --config recipes/large.toml --threads 0 --out artifacts/teacher $(ARGS)
 
-train-all: $(STAMP) data ## everything from scratch: the teacher, then the shipped model against it -> artifacts/teacher/, artifacts/train/
+train-all: $(STAMP) data ## everything from scratch: the teacher, then RECIPE's model against it -> artifacts/teacher/, artifacts/train/
 	$(TRAIN) --config recipes/large.toml --threads 0 --out artifacts/teacher $(ARGS)
-	$(TRAIN) --config recipes/phone.toml --threads 0 --teacher artifacts/teacher/dog_emotion.pkl $(ARGS)
+	$(TRAIN) --config $(RECIPE) --threads 0 --teacher artifacts/teacher/dog_emotion.pkl $(ARGS)
 
 # Any recipe by name: make artifacts/runs/<name>/dog_emotion.pkl trains recipes/<name>.toml.
 artifacts/runs/%/dog_emotion.pkl: recipes/%.toml | $(STAMP) data
