@@ -50,7 +50,7 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
 # The recipes say one thread (two runs side by side, one per core); alone, both cores are faster:
 # `make bench` measured an epoch at 14.75 s on 2 threads, 21.7 s on 1, 15.55 s as 2 DDP processes.
-train: $(STAMP) data ## train the shipped model (RECIPE) against the shipped teacher on all cores; 40 min here -> artifacts/train/
+train: $(STAMP) data ## train the shipped model (RECIPE) against the shipped teacher on all cores; 30 min here -> artifacts/train/
 	$(TRAIN) --config $(RECIPE) --threads 0 $(ARGS)
 
 train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things; 8.6 min here -> artifacts/train-quick/
