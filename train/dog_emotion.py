@@ -461,9 +461,9 @@ def cmd_compare(args) -> dict[str, list[dict]]:
                      f"mean val, last {args.last} epochs (%)": f"{np.mean([r['val_acc'] for r in h[-args.last:]]):.2f}",
                      "minutes": f"{sum(r['seconds'] for r in h) / 60:.1f}"})
         by_recipe.setdefault(recipe_key(a), []).append((name, best["val_acc"]))
-    ranked = sorted(by_recipe.values(), key=lambda g: -np.mean([v for _, v in g]))
-    recipes = [{"runs": ", ".join(n for n, _ in g), "seeds": len(g),
-                "mean best val (%)": f"{np.mean([v for _, v in g]):.3f}"} for g in ranked]
+    means = [(g, np.mean([v for _, v in g])) for g in by_recipe.values()]
+    recipes = [{"runs": ", ".join(n for n, _ in g), "seeds": len(g), "mean best val (%)": f"{mean:.3f}"}
+               for g, mean in sorted(means, key=lambda gm: -gm[1])]
     print(markdown_table(rows))
     print("\nBy recipe (runs that differ only in seed), best first:\n")
     print(markdown_table(recipes))
