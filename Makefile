@@ -49,12 +49,12 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 # overrides any of its options. The shipped model's recipe is RECIPE (above).
 TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
 # The recipes say one thread (two runs side by side, one per core); alone, both cores are faster:
-# `make bench` measured an epoch at 14.75 s on 2 threads, 21.7 s on 1, 15.55 s as 2 DDP processes
-# (before the malloc setting; with it, `make train` ran at a median 10.9 s per epoch on 2 threads).
+# `make bench` (2026-11-30 16:54 UTC, malloc setting) timed an epoch at 8.7 s on 2 threads, 14.4 s
+# on 1 and 8.9 s as 2 DDP processes; `make train` ran at a median 10.9 s per epoch on 2 threads.
 train: $(STAMP) data ## train the shipped model (RECIPE) against the shipped teacher on all cores; 30 min here -> artifacts/train/
 	$(TRAIN) --config $(RECIPE) --threads 0 $(ARGS)
 
-train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things; 8.6 min here -> artifacts/train-quick/
+train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things; 5.3 min here -> artifacts/train-quick/
 	$(TRAIN) --config $(RECIPE) --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
 
 # Several processes (torchrun, DDP; gloo on CPUs, NCCL on GPUs): the same 64 images per step,
