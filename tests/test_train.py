@@ -54,8 +54,11 @@ def test_interrupted_run_resumes_to_the_same_result(split_root, tmp_path):
         (tmp_path / folder / "metrics.json").write_text(json.dumps(m))
     recipes = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
         ["compare", *(str(tmp_path / f) for f in ("full", "seed9", "lr")), "--out", str(tmp_path / "cmp.png")]))["recipes"]
-    assert recipes == [{"runs": "lr", "seeds": 1, "mean best val (%)": f"{best['val_acc'] + 10:.3f}"},
-                       {"runs": "full, seed9", "seeds": 2, "mean best val (%)": f"{best['val_acc'] + 5:.3f}"}]
+    v = best["val_acc"]
+    assert recipes == [{"runs": "lr", "seeds": 1, "mean best val (%)": f"{v + 10:.3f}",
+                        "best val range (%)": f"{v + 10:.2f}-{v + 10:.2f}"},
+                       {"runs": "full, seed9", "seeds": 2, "mean best val (%)": f"{v + 5:.3f}",
+                        "best val range (%)": f"{v:.2f}-{v + 10:.2f}"}]
     until = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
         ["compare", str(tmp_path / "full"), "--until", "1", "--out", str(tmp_path / "cmp.png")]))["runs"]
     assert until[0]["epochs"] == "1/3" and until[0]["best val (%)"] == f"{full['history'][0]['val_acc']:.2f} at 1"

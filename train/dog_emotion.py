@@ -462,7 +462,10 @@ def cmd_compare(args) -> dict[str, list[dict]]:
                      "minutes": f"{sum(r['seconds'] for r in h) / 60:.1f}"})
         by_recipe.setdefault(recipe_key(a), []).append((name, best["val_acc"]))
     means = [(g, np.mean([v for _, v in g])) for g in by_recipe.values()]
-    recipes = [{"runs": ", ".join(n for n, _ in g), "seeds": len(g), "mean best val (%)": f"{mean:.3f}"}
+    # the range beside the mean: on 400 val images two seeds of one recipe can differ by more
+    # than two recipes' means do, and the reader should see when that is so
+    recipes = [{"runs": ", ".join(n for n, _ in g), "seeds": len(g), "mean best val (%)": f"{mean:.3f}",
+                "best val range (%)": f"{min(v for _, v in g):.2f}-{max(v for _, v in g):.2f}"}
                for g, mean in sorted(means, key=lambda gm: -gm[1])]
     print(markdown_table(rows))
     print("\nBy recipe (runs that differ only in seed), best first:\n")
