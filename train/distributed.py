@@ -72,5 +72,13 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    """Leave the process group at the end of a run that ended normally on every rank.
+
+    The ranks wait for each other first: the others finish while rank 0 still evaluates and writes,
+    and a rank destroying the group while its peer still held it aborted once in CI (SIGABRT,
+    "terminate called without an active exception"). Not called after an error: the other ranks
+    would wait at the barrier for the whole timeout; torchrun stops them when the failed rank exits.
+    """
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -627,8 +627,7 @@ def main(argv=None) -> None:
         {"train": train, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}[args.command](args)
     except (DataError, CheckpointError) as e:
         raise SystemExit(f"error: {e}")
-    finally:
-        teardown()
+    teardown()
 
 
 if __name__ == "__main__":
