@@ -189,7 +189,7 @@ def inference_parameters(model: MobileCNN) -> int:
         return count_parameters(MobileCNN(replace(model.config, folded=True, branches=0)))
 
 
-# The named sizes; docs/results.md has a row for each. "phone" ships in weights/, "large" is its teacher.
+# The named sizes; docs/results.md has a row for each. "mini14" ships in weights/, "large" is its teacher.
 CONFIGS: dict[str, ModelConfig] = {
     "nano": ModelConfig(stem=12, stages=((16, 2, 1), (32, 2, 2), (48, 2, 2)), flip_average=True),
     "small": ModelConfig(stem=16, stages=((24, 2, 1), (48, 2, 2), (96, 2, 2)), flip_average=True),
@@ -210,7 +210,7 @@ CONFIGS: dict[str, ModelConfig] = {
     # the parameters of small for 1.7x its time per training step (one thread)
     "large": ModelConfig(stem=16, stages=((32, 2, 1), (96, 2, 3), (256, 2, 3)), flip_average=True),
 }
-SHIPPED = "phone"
+SHIPPED = "mini14"
 
 
 def get_config(name: str, input_size: int = 0) -> ModelConfig:
