@@ -52,8 +52,8 @@ TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
 # `make bench` (2026-11-30 16:54 UTC, malloc setting) timed an epoch at 8.7 s on 2 threads, 14.4 s
 # on 1 and 8.9 s as 2 DDP processes; `make train` with the then-shipped recipes/phone.toml ran at a
 # median 10.9 s per epoch on 2 threads. The shipped recipes/mini14-long.toml (300 epochs, 25.20 M MACs)
-# took a median 28.6 s per epoch on one thread beside a second run, and `make train-quick` (its first
-# 30 epochs' schedule, 2026-12-01) 17.0 s on 2 threads: 9.4 min end to end.
+# took a median 28.6 s per epoch on one thread beside a second run, and `make train-quick` (the same
+# recipe over 30 epochs, 2026-12-01) 17.0 s on 2 threads: 9.4 min end to end.
 train: $(STAMP) data ## train the shipped model (RECIPE, 300 epochs) against the shipped teacher on all cores -> artifacts/train/
 	$(TRAIN) --config $(RECIPE) --threads 0 $(ARGS)
 
