@@ -106,7 +106,7 @@ artifacts/export/dog_emotion.onnx: $(WEIGHTS) | $(STAMP) data
 	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA)
 
 bench: $(STAMP) data artifacts/export/dog_emotion.onnx ## latency/throughput of every format, pipeline and MNIST ratios, training epoch time 1x1, 1x2, 2 procs x1 -> artifacts/bench/
-	$(PY) -m benchmark.bench --weights $(WEIGHTS) --data $(DATA) $(ARGS)
+	$(PY) -m benchmark.bench --weights $(WEIGHTS) --data $(DATA) --recipe $(RECIPE) $(ARGS)
 
 # The browser demo: onnxruntime-web from web/package-lock.json, the exported models beside the page.
 HOST ?= 127.0.0.1

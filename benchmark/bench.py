@@ -5,7 +5,7 @@
 1. Inference per exported format and thread count (benchmark/inference.py).
 2. The training input pipeline, per-image transforms vs the decoded cache (benchmark/input_pipeline.py).
 3. The from-scratch MNIST network vs torch.nn + autograd (benchmark/mnist_autograd.py).
-4. Training epoch time: 1 process x 1 thread, 1 x 2, 2 processes (DDP) x 1 (benchmark/training_layouts.py).
+4. Training epoch time of --recipe: 1 process x 1 thread, 1 x 2, 2 processes (DDP) x 1 (benchmark/training_layouts.py).
 Writes bench.json (rows with snake_case keys), bench.md (the same rows as Markdown tables, units
 in the column titles) and bench.png under --out (default artifacts/bench/). Run it with nothing
 else on the cores: timings taken while training runs are not comparable.
@@ -24,8 +24,9 @@ from benchmark import inference, input_pipeline, mnist_autograd, training_layout
 from export.runtimes import cpu_description
 from export.export import load_for_export
 from train.checkpoint import CheckpointError
-from train.common import ARTIFACTS, SHIPPED_WEIGHTS, markdown_table, save_json, save_text
+from train.common import ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, markdown_table, save_json, save_text
 from train.data import DEFAULT_DATA, DataError, check_data_root, load_folder, storage_size
+from train.dog_emotion import read_recipe
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default: %(default)s)")
     ap.add_argument("--no-flip-average", action="store_true", help="eager without mirror-image averaging, to match "
                                                                     "files exported with --no-flip-average (default: off)")
+    ap.add_argument("--recipe", default=str(SHIPPED_RECIPE), help="training recipe that part 4 times (default: the shipped "
+                                                                  "model's, %(default)s)")
     ap.add_argument("--train-epochs", type=int, default=2, help="epochs per training layout; the first is not timed "
                                                                  "when there are more; 0 skips part 4 (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="few runs and images, a tiny model in part 4: for tests and CI")
@@ -45,6 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.train_epochs > 0 and not args.quick:
+        read_recipe(Path(args.recipe))  # a missing or broken recipe stops here, not after the inference timings
     try:
         model, ckpt = load_for_export(args.weights, not args.no_flip_average)
         test = load_folder(check_data_root(args.data) / "test", ckpt["classes"],
@@ -60,12 +65,12 @@ def main(argv=None) -> dict:
         training = []
         if args.train_epochs > 0:
             print("training epoch time, processes x threads:")
-            training = training_layouts.bench_training(args.data, args.train_epochs, args.quick)
+            training = training_layouts.bench_training(args.recipe, args.data, args.train_epochs, args.quick)
     except (CheckpointError, DataError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"error: {e}")
     machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
-              "flip_average": not args.no_flip_average,
+              "flip_average": not args.no_flip_average, "recipe": args.recipe,
               "inference": rows, "input_pipeline": pipeline, "mnist": mnist, "training": training}
     out = Path(args.out)
     save_json(result, out / "bench.json")
@@ -74,7 +79,7 @@ def main(argv=None) -> dict:
             f"## Inference\n\n{markdown_table(rows, inference.COLUMNS)}\n"
             f"## Training input pipeline\n\n{markdown_table([pipeline], input_pipeline.COLUMNS)}\n"
             f"## From-scratch MNIST network vs torch.nn + autograd\n\n{markdown_table([mnist], mnist_autograd.COLUMNS)}\n"
-            + (f"## Training epoch time ({'tiny model, QUICK' if args.quick else 'recipes/phone.toml'})\n\n"
+            + (f"## Training epoch time ({'tiny model, QUICK' if args.quick else args.recipe})\n\n"
                f"{markdown_table(training, training_layouts.COLUMNS)}\n" if training else "")
             + "![bench](bench.png)\n")
     save_text(text, out / "bench.md")

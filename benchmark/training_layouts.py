@@ -1,6 +1,7 @@
-"""Epoch time of the shipped training recipe laid out three ways on this machine's cores, side by
-side: 1 process x 1 thread (how `make train` runs), 1 process x 2 threads, and 2 processes x 1
-thread (DDP via torchrun, half the batch each: the same 64 images per step in all three).
+"""Epoch time of a training recipe (the shipped one unless told) laid out three ways on this
+machine's cores, side by side: 1 process x 1 thread (how the recipes' search runs ran, two side by
+side), 1 process x 2 threads (how `make train` runs here), and 2 processes x 1 thread (DDP via
+torchrun, half the batch each, as `make train-ddp`: the same 64 images per step in all three).
 
 Every layout is started the same way (torchrun; with one process it is a plain run) and reads its
 epoch times from the run's own checkpoint history: the training pass plus rank 0's val evaluation.
@@ -17,7 +18,6 @@ from pathlib import Path
 from train.checkpoint import safe_load
 from train.common import REPO_ROOT
 
-RECIPE = REPO_ROOT / "recipes" / "phone.toml"
 BATCH = 64                               # images per step, as in the recipe
 LAYOUTS = ((1, 1), (1, 2), (2, 1))       # (processes, threads per process)
 QUICK = ["--model", "nano", "--input-size", "32", "--teacher"]  # a tiny model, no teacher: seconds, for tests
@@ -25,10 +25,10 @@ COLUMNS = {"processes": "processes", "threads": "threads per process", "batch_pe
            "epochs_timed": "epochs timed", "epoch_s": "epoch, median (s)", "speed_up": "speed-up vs 1 x 1"}
 
 
-def time_layout(processes: int, threads: int, data: str, epochs: int, quick: bool) -> list[float]:
+def time_layout(recipe: str, processes: int, threads: int, data: str, epochs: int, quick: bool) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "train.dog_emotion", "train", "--config", str(RECIPE), "--data", str(Path(data).resolve()),
+               "-m", "train.dog_emotion", "train", "--config", str(Path(recipe).resolve()), "--data", str(Path(data).resolve()),
                "--batch-size", str(BATCH // processes), "--threads", str(threads), "--epochs", str(epochs),
                "--stop-after", str(epochs), "--out", out, *(QUICK if quick else [])]
         done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
@@ -39,10 +39,10 @@ def time_layout(processes: int, threads: int, data: str, epochs: int, quick: boo
         return [h["seconds"] for h in safe_load(Path(out) / "last.ckpt")["history"]]
 
 
-def bench_training(data: str, epochs: int, quick: bool) -> list[dict]:
+def bench_training(recipe: str, data: str, epochs: int, quick: bool) -> list[dict]:
     rows = []
     for processes, threads in LAYOUTS:
-        seconds = time_layout(processes, threads, data, epochs, quick)
+        seconds = time_layout(recipe, processes, threads, data, epochs, quick)
         timed = seconds[1:] or seconds  # the first epoch also pays for start-up, when there are others
         rows.append({"processes": processes, "threads": threads, "batch_per_process": BATCH // processes,
                      "epochs_timed": len(timed), "epoch_s": statistics.median(timed)})

@@ -106,6 +106,12 @@ def test_bench_refuses_missing_formats(tmp_path):
         bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--quick"])
 
 
+def test_bench_refuses_a_missing_recipe_before_timing_anything(tmp_path):
+    with pytest.raises(SystemExit, match="recipe .*nope.toml: No such file"):
+        bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--recipe", str(tmp_path / "nope.toml")])
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.slow
 def test_bench_quick_end_to_end(exported, tmp_path):
     out, export_rows, _ = exported

@@ -7,7 +7,7 @@ import torch
 from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, inference_parameters
 from train import dog_emotion
 from train.checkpoint import load_weights
-from train.common import REPO_ROOT, SHIPPED_WEIGHTS
+from train.common import REPO_ROOT, SHIPPED_RECIPE, SHIPPED_WEIGHTS
 
 README = (REPO_ROOT / "README.md").read_text()
 SHIPPED_LINE = re.search(r"Shipped model: `(\w+)`.*?\*\*([\d,]+) parameters\*\*.*?test accuracy \*\*([\d.]+)%\*\*", README, re.S)
@@ -28,6 +28,12 @@ def test_parameter_count_matches_readme_and_weights_file():
     assert stated == sum(p.numel() for p in loaded.parameters()) and not list(loaded.buffers())
     # float32 weights plus a little metadata: nothing else rides along
     assert SHIPPED_WEIGHTS.stat().st_size < 4 * stated + 100_000
+
+
+def test_the_shipped_recipe_trains_the_shipped_model_and_make_train_uses_it():
+    assert dog_emotion.read_recipe(SHIPPED_RECIPE)["model"][0] == SHIPPED
+    makefile_default = re.search(r"^RECIPE \?= (\S+)$", (REPO_ROOT / "Makefile").read_text(), re.M)
+    assert makefile_default and makefile_default.group(1) == SHIPPED_RECIPE.relative_to(REPO_ROOT).as_posix()
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
