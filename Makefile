@@ -49,12 +49,12 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 # overrides any of its options. The shipped model's recipe is RECIPE (above).
 TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
 # The recipes say one thread (two runs side by side, one per core); alone, both cores are faster:
-# `make bench` (2026-11-30 16:54 UTC, malloc setting) timed an epoch at 8.7 s on 2 threads, 14.4 s
-# on 1 and 8.9 s as 2 DDP processes; `make train` with the then-shipped recipes/phone.toml ran at a
-# median 10.9 s per epoch on 2 threads. The shipped recipes/mini14-long.toml (300 epochs, 25.20 M MACs)
-# took a median 28.6 s per epoch on one thread beside a second run, and `make train-quick` (the same
-# recipe over 30 epochs, 2026-12-01) 17.0 s on 2 threads: 9.4 min end to end.
-train: $(STAMP) data ## train the shipped model (RECIPE, 300 epochs) against the shipped teacher on all cores -> artifacts/train/
+# `make bench ARGS="--train-epochs 4"` (2026-12-01 06:06 UTC) timed an epoch of the shipped recipe at
+# 26.0 s on 1 thread, 21.2 s on 2 and 18.2 s as 2 DDP processes (docs/scale-out.md). That recipe
+# (300 epochs, 25.20 M MACs) took a median 28.6 s per epoch on one thread beside a second run, and
+# `make train` (2026-12-01, nothing else on the cores) a median 17.7 s on 2 threads: 93 min end to
+# end, 2.5 GB peak memory. This shared machine's speed drifts: compare layouts within one run.
+train: $(STAMP) data ## train the shipped model (RECIPE, 300 epochs) against the shipped teacher on all cores; 93 min here -> artifacts/train/
 	$(TRAIN) --config $(RECIPE) --threads 0 $(ARGS)
 
 train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things; 9.4 min here -> artifacts/train-quick/
