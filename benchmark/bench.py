@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
-    if args.train_epochs > 0 and not args.quick:
+    if args.train_epochs > 0:  # --quick trains on the recipe too, with a tiny model in its place
         read_recipe(Path(args.recipe))  # a missing or broken recipe stops here, not after the inference timings
     try:
         model, ckpt = load_for_export(args.weights, not args.no_flip_average)
