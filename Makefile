@@ -25,7 +25,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 2147483648
 export MALLOC_TOP_PAD_ ?= 268435456
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train train-quick train-ddp teacher train-all sizes demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
+.PHONY: help venv data train train-quick train-ddp teacher teachers train-all sizes demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -73,12 +73,18 @@ train-all: $(STAMP) data ## everything from scratch: the teacher, then RECIPE's 
 	$(TRAIN) --config recipes/large.toml --threads 0 --out artifacts/teacher $(ARGS)
 	$(TRAIN) --config $(RECIPE) --threads 0 --teacher artifacts/teacher/dog_emotion.pkl $(ARGS)
 
-# Any recipe by name: make artifacts/runs/<name>/dog_emotion.pkl trains recipes/<name>.toml.
+# Any recipe by name: make artifacts/runs/<name>/dog_emotion.pkl trains recipes/<name>.toml, and
+# resumes it from its last finished epoch when a stopped run's checkpoint is there (the log is appended).
 artifacts/runs/%/dog_emotion.pkl: recipes/%.toml | $(STAMP) data
 	@mkdir -p artifacts/runs
 	@echo "training recipe '$*'; progress: tail -f artifacts/runs/$*.log"
-	$(TRAIN) --config $< --out artifacts/runs/$* $(ARGS) > artifacts/runs/$*.log 2>&1 || { tail -n 20 artifacts/runs/$*.log; exit 1; }
+	$(TRAIN) --config $< --out artifacts/runs/$* $(if $(wildcard artifacts/runs/$*/last.ckpt),--resume) $(ARGS) >> artifacts/runs/$*.log 2>&1 || { tail -n 20 artifacts/runs/$*.log; exit 1; }
 	@grep "^best epoch" artifacts/runs/$*.log
+# The teacher ensemble: the shipped teacher's recipe (make teacher) with two more seeds, and at 128 px.
+ENSEMBLE := teacher-large-s1 teacher-large-s2 teacher-large128
+teachers: $(STAMP) data ## the teacher ensemble's three new members from scratch, two at a time, one thread each (resumable) -> artifacts/runs/teacher-*/
+	$(MAKE) -j2 $(foreach t,$(ENSEMBLE),artifacts/runs/$(t)/dog_emotion.pkl)
+
 SIZES_TEACHERS := artifacts/runs/small-plain/dog_emotion.pkl artifacts/runs/base-plain/dog_emotion.pkl
 artifacts/runs/small-distilled/dog_emotion.pkl artifacts/runs/nano-distilled/dog_emotion.pkl: $(SIZES_TEACHERS)
 
