@@ -182,6 +182,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_macs(model: nn.Module) -> int:
+    """thop's multiply-accumulates of one photo through `model` (flip averaging included where the
+    config has it); on a deep copy, so the model never gains thop's counter buffers."""
+    import copy
+    import thop
+    size = model.config.input_size
+    macs, _ = thop.profile(copy.deepcopy(model), inputs=(torch.zeros(1, 3, size, size),), verbose=False)
+    return int(macs)
+
+
 def inference_parameters(model: MobileCNN) -> int:
     """Parameters of the model as it ships: BN and branches folded (the exported ONNX file's count).
     Built on the meta device: no memory, and no draw from the global RNG that training relies on."""

@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 
 from benchmark import inference, input_pipeline, mnist_autograd, training_layouts
-from export.runtimes import cpu_description
-from export.export import load_for_export
-from train.checkpoint import CheckpointError
-from train.common import ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, markdown_table, save_json, save_text
-from train.data import DEFAULT_DATA, DataError, check_data_root, load_folder, storage_size
-from train.dog_emotion import read_recipe
+from train.checkpoint import load_for_export
+from train.common import (ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, command_errors, cpu_description, markdown_table,
+                          save_json, save_text)
+from train.data import DEFAULT_DATA, check_data_root, load_folder, storage_size
+from train.recipes import read_recipe
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,9 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
-    if args.train_epochs > 0:  # --quick trains on the recipe too, with a tiny model in its place
-        read_recipe(Path(args.recipe))  # a missing or broken recipe stops here, not after the inference timings
-    try:
+    with command_errors():
+        if args.train_epochs > 0:  # --quick trains on the recipe too, with a tiny model in its place
+            read_recipe(Path(args.recipe))  # a missing or broken recipe stops here, not after the inference timings
         model, ckpt = load_for_export(args.weights, not args.no_flip_average)
         test = load_folder(check_data_root(args.data) / "test", ckpt["classes"],
                            storage_size(model.config.input_size), ARTIFACTS / "cache")
@@ -66,8 +65,6 @@ def main(argv=None) -> dict:
         if args.train_epochs > 0:
             print("training epoch time, processes x threads:")
             training = training_layouts.bench_training(args.recipe, args.data, args.train_epochs, args.quick)
-    except (CheckpointError, DataError, FileNotFoundError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}")
     machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
               "flip_average": not args.no_flip_average, "recipe": args.recipe,

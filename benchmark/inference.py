@@ -16,6 +16,7 @@ import torch
 from benchmark.timing import time_calls
 from export.runtimes import FORMATS, batched_logits, make_runner
 from train.common import accuracy
+from train.data import DataError
 from train.plots import plt, save_figure
 
 ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "ort_fp32", "onnx_int8", "pte_fp32", "pte_int8")
@@ -32,7 +33,7 @@ def check_exports(export_dir: Path) -> list[str]:
     """The formats to time; refuses when a format that every export writes is missing."""
     missing = [f for f in ROW_FORMATS[1:] if not (export_dir / FORMATS[f]).is_file() and f not in OPTIONAL_FORMATS]
     if missing:
-        raise FileNotFoundError(f"{export_dir}: no exported {', '.join(missing)} "
+        raise DataError(f"{export_dir}: no exported {', '.join(missing)} "
                                 f"({', '.join(FORMATS[f] for f in missing)}); run `make export` first")
     for f in OPTIONAL_FORMATS:
         if not (export_dir / FORMATS[f]).is_file():

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from train.checkpoint import safe_load
 from train.common import REPO_ROOT
+from train.data import DataError
 
 BATCH = 64                               # images per step, as in the recipe
 LAYOUTS = ((1, 1), (1, 2), (2, 1))       # (processes, threads per process)
-QUICK = ["--model", "nano", "--input-size", "32", "--teacher"]  # a tiny model, no teacher: seconds, for tests
+QUICK = ["--model", "nano", "--input-size", "32"]  # instead of the recipe: a tiny model, no teacher; seconds, for tests
 COLUMNS = {"processes": "processes", "threads": "threads per process", "batch_per_process": "batch per process",
            "epochs_timed": "epochs timed", "epoch_s": "epoch, median (s)", "speed_up": "speed-up vs 1 x 1"}
 
@@ -28,13 +29,14 @@ COLUMNS = {"processes": "processes", "threads": "threads per process", "batch_pe
 def time_layout(recipe: str, processes: int, threads: int, data: str, epochs: int, quick: bool) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "train.dog_emotion", "train", "--config", str(Path(recipe).resolve()), "--data", str(Path(data).resolve()),
+               "-m", "train.dog_emotion", "train", *(QUICK if quick else ["--config", str(Path(recipe).resolve())]),
+               "--data", str(Path(data).resolve()),
                "--batch-size", str(BATCH // processes), "--threads", str(threads), "--epochs", str(epochs),
-               "--stop-after", str(epochs), "--out", out, *(QUICK if quick else [])]
+               "--stop-after", str(epochs), "--out", out]
         done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         if done.returncode != 0:
-            raise RuntimeError(f"training run with {processes} process(es) x {threads} thread(s) failed:\n"
+            raise DataError(f"training run with {processes} process(es) x {threads} thread(s) failed:\n"
                                + done.stderr.strip()[-1500:])
         return [h["seconds"] for h in safe_load(Path(out) / "last.ckpt")["history"]]
 

@@ -18,7 +18,6 @@ import tempfile
 import subprocess
 import sys
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,10 +29,11 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.profile import profile, report
 from export.executorch_export import export_pte
-from export.runtimes import FORMATS, batched_logits, cpu_description, make_runner
-from train.checkpoint import CheckpointError, load_weights
-from train.common import ARTIFACTS, SHIPPED_WEIGHTS, accuracy, markdown_table, save_json, save_text, temp_path
-from train.data import DEFAULT_DATA, DataError, check_data_root, eval_batches, load_folder, preprocess_spec, storage_size
+from export.runtimes import FORMATS, batched_logits, make_runner
+from train.checkpoint import load_for_export
+from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, ProjectError, accuracy, command_errors, cpu_description,
+                          markdown_table, save_json, save_text, temp_path)
+from train.data import DEFAULT_DATA, check_data_root, eval_batches, load_folder, preprocess_spec, storage_size
 
 OPSET = 18
 FP32_ATOL = 1e-4
@@ -42,8 +42,8 @@ PTE_INT8_AGREEMENT = 95.0  # % of test images with the FP32 label
 METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte files and the web demo
 
 
-class ExportError(Exception):
-    pass
+class ExportError(ProjectError):
+    """A format that could not be written or did not match eager PyTorch; nothing is kept of it."""
 
 
 # ---------------------------------------------------------------- the exports
@@ -174,15 +174,6 @@ def int8_fidelity(row: dict) -> tuple:
     return row["val agreement (%)"], -row["val mean abs logit diff"]
 
 
-def load_for_export(weights: str, flip_average: bool = True):
-    """The inference model of `weights`; without flip_average the mirror-image pass leaves the
-    graph (an app may then average the two itself, or not)."""
-    model, ckpt = load_weights(weights)
-    if not flip_average:
-        model.config = replace(model.config, flip_average=False)
-    return model, ckpt
-
-
 def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
                flip_average: bool = True) -> tuple[list[dict], dict]:
     model, ckpt = load_for_export(weights, flip_average)
@@ -304,12 +295,10 @@ def main(argv=None) -> None:
                          "operator outside XNNPACK, at the accuracy the parity table shows (default: off)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    try:
+    with command_errors():
         model, _ = load_for_export(args.weights, not args.no_flip_average)
         print(report(profile(model)))
         rows, info = run_export(args.weights, args.data, out, args.calib_count, args.seed, not args.no_flip_average)
-    except (CheckpointError, DataError, ExportError) as e:
-        raise SystemExit(f"error: {e}")
     cols = ["format", "file", "size (kB)", "max abs logit diff", "top-1 agreement (%)", "accuracy (%)",
             "int8 setting", "same on every x86", "val agreement (%)", "val accuracy (%)", "kept"]
     table = markdown_table(rows, cols)

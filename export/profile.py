@@ -20,8 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mobile_model import count_parameters
-from train.checkpoint import CheckpointError, load_weights
-from train.common import ARTIFACTS, SHIPPED_WEIGHTS, markdown_table, save_json, save_text
+from train.checkpoint import load_weights
+from train.common import ARTIFACTS, SHIPPED_WEIGHTS, command_errors, markdown_table, save_json, save_text
 
 
 def leaf_shapes(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple]:
@@ -91,10 +91,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
     ap.add_argument("--out", default=str(ARTIFACTS / "profile"), help="output folder (default: %(default)s)")
     args = ap.parse_args(argv)
-    try:
+    with command_errors():
         model, _ = load_weights(args.weights)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}")
     p = profile(model)
     text = report(p)
     out = Path(args.out)

@@ -5,14 +5,13 @@ A runner maps a float32 (B, 3, R, R) numpy batch to numpy logits (B, C).
 """
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from train.data import eval_batches
+from train.data import DataError, eval_batches
 
 # file name of every exported format, under the export folder
 FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "ort_fp32": "dog_emotion.ort",
@@ -43,7 +42,7 @@ def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module
         try:
             method = Runtime.get().load_program(str(path)).load_method("forward")
         except Exception as e:  # noqa: BLE001 - the runtime raises plain RuntimeError/ValueError
-            raise RuntimeError(f"{path}: not a loadable ExecuTorch program ({e})") from None
+            raise DataError(f"{path}: not a loadable ExecuTorch program ({e})") from None
         # the runtime's outputs alias its own buffers: copy each one before the next execute
         return lambda x: method.execute([torch.from_numpy(x)])[0].clone().numpy()
     sess = ort_session(path, threads, ort_format=fmt.startswith("ort"))
@@ -59,20 +58,3 @@ def _torch_run(model, x: np.ndarray) -> np.ndarray:
 def batched_logits(run, images_uint8: torch.Tensor, input_size: int) -> np.ndarray:
     """Logits of a runner over a decoded split, in order."""
     return np.concatenate([run(x.numpy()) for x in eval_batches(images_uint8, input_size, BATCH)])
-
-
-def cpu_description() -> str:
-    """The CPU and the instruction sets that change int8 kernels: AVX2, AVX-512, VNNI, ARM dot product."""
-    flags, model = set(), platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                flags |= set(value.split())
-            elif key.strip() == "model name":
-                model = value.strip()
-    except OSError:
-        pass
-    found = {"AVX2": "avx2" in flags, "AVX-512": "avx512f" in flags,
-             "VNNI": bool({"avx512_vnni", "avx_vnni"} & flags), "ARM dot product": "asimddp" in flags}
-    return f"{model} ({platform.machine()}; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in found.items()) + ")"

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mobile_model import build_model, get_config  # noqa: E402
-from train import dog_emotion  # noqa: E402
+from train import engine  # noqa: E402
 from train.data import DecodedSplit, eval_transform  # noqa: E402
 from train.distributed import gather, setup, teardown  # noqa: E402
 
@@ -36,8 +36,8 @@ def train_steps(split, args, procs, order_seed: int, frozen_bn: bool) -> dict:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.forward = partial(F.batch_norm, running_mean=m.running_mean, running_var=m.running_var,
                                     weight=m.weight, bias=m.bias, training=False, eps=m.eps)
-    ema = dog_emotion.EMA(model, 0.9)
-    optimizer = dog_emotion.make_optimizer(model, args.lr, 0.0)
+    ema = engine.EMA(model, 0.9)
+    optimizer = engine.make_optimizer(model, args.lr, 0.0)
     net = DistributedDataParallel(model) if procs.world > 1 else model
     identical, grads = [], []
     optimizer_step = optimizer.step
@@ -52,9 +52,9 @@ def train_steps(split, args, procs, order_seed: int, frozen_bn: bool) -> dict:
 
     optimizer.step = step_and_compare
     gens = (torch.Generator().manual_seed(order_seed),
-            torch.Generator().manual_seed(dog_emotion.augmentation_seed(0, procs.rank)))
+            torch.Generator().manual_seed(engine.augmentation_seed(0, procs.rank)))
     total = len(split) // (args.batch_size * procs.world)
-    _, steps = dog_emotion.train_one_epoch(net, ema, optimizer, split, args, gens, 0, total, 1, (), procs)
+    _, steps = engine.train_one_epoch(net, ema, optimizer, split, args, gens, 0, total, 1, (), procs)
     return {"identical_after_each_step": identical, "steps": steps, "grads": grads, "init": init,
             "params": {k: v.detach() for k, v in model.named_parameters()}}
 
@@ -68,7 +68,7 @@ def main() -> None:
     cli = ap.parse_args()
     torch.set_num_threads(1)
     procs = setup("cpu")
-    dog_emotion.augment_batch = lambda x, size, gen, **kw: eval_transform(x, size)
+    engine.augment_batch = lambda x, size, gen, **kw: eval_transform(x, size)
     # the same generated data on every rank, a colour per class plus noise: one epoch of `steps` global batches
     data_gen = torch.Generator().manual_seed(123)
     n = cli.batch_size * procs.world * cli.steps

@@ -8,6 +8,7 @@ from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, infere
 from train import dog_emotion
 from train.checkpoint import load_weights
 from train.common import REPO_ROOT, SHIPPED_RECIPE, SHIPPED_WEIGHTS
+from train.recipes import read_recipe
 
 README = (REPO_ROOT / "README.md").read_text()
 SHIPPED_LINE = re.search(r"Shipped model: `(\w+)`.*?\*\*([\d,]+) parameters\*\*.*?test accuracy \*\*([\d.]+)%\*\*", README, re.S)
@@ -31,7 +32,7 @@ def test_parameter_count_matches_readme_and_weights_file():
 
 
 def test_the_shipped_recipe_trains_the_shipped_model_and_make_train_uses_it():
-    assert dog_emotion.read_recipe(SHIPPED_RECIPE)["model"][0] == SHIPPED
+    assert read_recipe(SHIPPED_RECIPE)["model"][0] == SHIPPED
     makefile_default = re.search(r"^RECIPE \?= (\S+)$", (REPO_ROOT / "Makefile").read_text(), re.M)
     assert makefile_default and makefile_default.group(1) == SHIPPED_RECIPE.relative_to(REPO_ROOT).as_posix()
 
@@ -46,7 +47,7 @@ def test_every_named_config_builds_and_runs(name):
 @pytest.mark.slow
 def test_shipped_weights_reproduce_readme_test_accuracy(real_data, capsys):
     stated = float(SHIPPED_LINE.group(3))
-    result = dog_emotion.cmd_evaluate(dog_emotion.get_args_parser().parse_args(
+    result = dog_emotion.cmd_evaluate(dog_emotion.parse_args(
         ["evaluate", "--data", str(real_data), "--split", "test"]))
     assert result["n"] == 400 and result["skipped"] == 0
     assert abs(result["accuracy"] - stated) <= 1.0, f"measured {result['accuracy']}%, README says {stated}%"

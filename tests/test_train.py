@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from mobile_model import MobileCNN, ModelConfig, build_model, count_parameters
+from mobile_model import CONFIGS, MobileCNN, ModelConfig, build_model, count_parameters
 from train import dog_emotion
 from train.checkpoint import CheckpointError, load_weights, save_weights
 
@@ -32,50 +32,78 @@ def test_smoke_run_writes_every_artifact(split_root, tmp_path):
     assert not list(out.glob(".*.tmp")), "temp files left behind"
 
 
-def test_interrupted_run_resumes_to_the_same_result(split_root, tmp_path):
+@pytest.fixture
+def full_and_cut(split_root, tmp_path):
+    """A finished 3-epoch run and the same run stopped after epoch 1 (--stop-after)."""
     full = run_train(split_root, tmp_path / "full", "--epochs", "3", "--seed", "5")
     dog_emotion.main(["train", "--data", str(split_root), "--out", str(tmp_path / "cut"),
                       "--cache-dir", str(tmp_path / "cache"), *TINY, "--epochs", "3", "--seed", "5",
                       "--stop-after", "1"])
     assert not (tmp_path / "cut" / "metrics.json").exists()
-    # compare reads a finished run (metrics.json) and a stopped one (last.ckpt) side by side
-    rows = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
-        ["compare", str(tmp_path / "full"), str(tmp_path / "cut"), "--out", str(tmp_path / "cmp.png"), "--last", "2"]))["runs"]
+    return full, tmp_path / "cut"
+
+
+def test_interrupted_run_resumes_to_the_same_result(split_root, full_and_cut):
+    full, cut = full_and_cut
+    resumed = run_train(split_root, cut, "--epochs", "3", "--seed", "5", "--resume")
+    assert [(h["train_loss"], h["val_loss"]) for h in full["history"]] == pytest.approx(
+        [(h["train_loss"], h["val_loss"]) for h in resumed["history"]], abs=1e-6)
+    assert full["test_acc"] == resumed["test_acc"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--epochs", "4"], "epochs=3, now 4.*same options"),
+    (["--epochs", "3", "--lr", "0.01"], "lr=0.004, now 0.01"),           # any option that changes the result
+    # a run continues in the memory layout it started in: float rounding differs between layouts
+    (["--epochs", "3", "--no-channels-last"], "written in the channels-last layout, this run would be NCHW"),
+])
+def test_resume_refuses_a_run_it_would_not_continue(split_root, full_and_cut, options, message):
+    with pytest.raises(SystemExit, match=message):
+        run_train(split_root, full_and_cut[1], "--seed", "5", *options, "--resume")
+
+
+def compare(*argv) -> dict:
+    return dog_emotion.cmd_compare(dog_emotion.parse_args(["compare", *map(str, argv)]))
+
+
+def test_compare_reads_finished_and_stopped_runs(full_and_cut, tmp_path):
+    full, cut = full_and_cut
+    rows = compare(tmp_path / "full", cut, "--out", tmp_path / "cmp.png")["runs"]
     best = max(full["history"], key=lambda h: h["val_acc"])
     assert rows[0]["epochs"] == "3/3" and rows[0]["best val (%)"] == f"{best['val_acc']:.2f} at {best['epoch']}"
-    assert rows[0]["mean val, last 2 epochs (%)"] == f"{(full['history'][1]['val_acc'] + full['history'][2]['val_acc']) / 2:.2f}"
+    assert rows[0]["final val (%)"] == f"{full['history'][-1]['val_acc']:.2f}"
     assert rows[1]["epochs"] == "1/3 (running or stopped)" and (tmp_path / "cmp.png").stat().st_size > 0
-    # grouped by recipe: another seed of the same recipe (in another folder, on other threads) joins
-    # its group; another learning rate is another recipe. Faked from full's metrics with those edits.
-    for folder, edit in (("seed9", {"seed": 9, "threads": 2}), ("lr", {"lr": 0.01})):
-        (tmp_path / folder).mkdir()
-        m = {**full, "args": {**full["args"], **edit, "out": str(tmp_path / folder)},
-             "history": [{**h, "val_acc": h["val_acc"] + 10} for h in full["history"]]}
-        (tmp_path / folder / "metrics.json").write_text(json.dumps(m))
-    recipes = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
-        ["compare", *(str(tmp_path / f) for f in ("full", "seed9", "lr")), "--out", str(tmp_path / "cmp.png")]))["recipes"]
-    v = best["val_acc"]
-    assert recipes == [{"runs": "lr", "seeds": 1, "mean best val (%)": f"{v + 10:.3f}",
-                        "best val range (%)": f"{v + 10:.2f}-{v + 10:.2f}"},
-                       {"runs": "full, seed9", "seeds": 2, "mean best val (%)": f"{v + 5:.3f}",
-                        "best val range (%)": f"{v:.2f}-{v + 10:.2f}"}]
-    until = dog_emotion.cmd_compare(dog_emotion.get_args_parser().parse_args(
-        ["compare", str(tmp_path / "full"), "--until", "1", "--out", str(tmp_path / "cmp.png")]))["runs"]
-    assert until[0]["epochs"] == "1/3" and until[0]["best val (%)"] == f"{full['history'][0]['val_acc']:.2f} at 1"
+    until = compare(tmp_path / "full", "--until", "1", "--out", tmp_path / "cmp.png")["runs"]
+    assert until[0]["epochs"] == "1/3" and until[0]["final val (%)"] == f"{full['history'][0]['val_acc']:.2f}"
     with pytest.raises(SystemExit, match="nowhere: not a training run folder"):
         dog_emotion.main(["compare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")])
-    resumed = run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--resume")
-    for a, b in zip(full["history"], resumed["history"]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
-    assert full["test_acc"] == resumed["test_acc"]
-    with pytest.raises(SystemExit, match="epochs=3, now 4.*same options"):
-        run_train(split_root, tmp_path / "cut", "--epochs", "4", "--seed", "5", "--resume")
-    with pytest.raises(SystemExit, match="lr=0.004, now 0.01"):   # any option that changes the result
-        run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--lr", "0.01", "--resume")
-    # a run continues in the memory layout it started in: float rounding differs between layouts
-    with pytest.raises(SystemExit, match="written in the channels-last layout, this run would be NCHW"):
-        run_train(split_root, tmp_path / "cut", "--epochs", "3", "--seed", "5", "--no-channels-last", "--resume")
+
+
+def fake_run(tmp_path, full: dict, folder: str, edit: dict, final_val: float) -> str:
+    """full's metrics with other options and a final val of `final_val`."""
+    (tmp_path / folder).mkdir()
+    history = [dict(h) for h in full["history"]]
+    history[-1]["val_acc"] = final_val
+    m = {**full, "args": {**full["args"], **edit, "out": str(tmp_path / folder)}, "history": history}
+    (tmp_path / folder / "metrics.json").write_text(json.dumps(m))
+    return str(tmp_path / folder)
+
+
+def test_compare_ranks_recipes_by_mean_final_val_with_sd_and_paired_se(full_and_cut, tmp_path):
+    # seeds of one recipe (other folders, other threads) group together; another lr is another recipe
+    full = full_and_cut[0]
+    a = [fake_run(tmp_path, full, f"a{s}", {"seed": s, "threads": 2}, v) for s, v in ((0, 70.0), (1, 72.0), (2, 74.0))]
+    b = [fake_run(tmp_path, full, f"b{s}", {"seed": s, "lr": 0.01}, v) for s, v in ((0, 69.0), (1, 70.0), (2, 71.0))]
+    recipes = compare(*a, *b, "--out", tmp_path / "cmp.png")["recipes"]
+    assert [r["runs"] for r in recipes] == ["a0, a1, a2", "b0, b1, b2"]
+    assert recipes[0]["final val, mean +- sd (%)"] == "72.00 +- 2.00" and recipes[0]["vs the first (points)"] == "-"
+    # paired by seed: differences 1, 2, 3 -> mean 2, sd 1, SE 1/sqrt(3) = 0.58; 2 > 2 SE
+    assert recipes[1]["final val, mean +- sd (%)"] == "70.00 +- 1.00"
+    assert recipes[1]["vs the first (points)"] == "-2.00 +- 0.58 SE (paired): larger than the noise"
+    # unpaired (other seeds): Welch's SE sqrt(4/3 + 1/3) = 1.29, so 2 points is within the noise
+    c = [fake_run(tmp_path, full, f"c{s}", {"seed": s, "lr": 0.02}, v) for s, v in ((5, 69.0), (6, 70.0), (7, 71.0))]
+    recipes = compare(*a, *c, "--out", tmp_path / "cmp.png")["recipes"]
+    assert recipes[1]["vs the first (points)"] == "-2.00 +- 1.29 SE: within the noise (under 2 SE)"
 
 
 def test_other_architecture_and_tampered_files_are_refused(tmp_path):
@@ -122,7 +150,7 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
         assert result["n"] == 16 and 0 <= result["accuracy"] <= 100 and result["params"] == params
         assert result["ci95"][0] <= result["accuracy"] <= result["ci95"][1]
     images = sorted((split_root / "test" / "sad").iterdir())[:2]
-    rows = dog_emotion.cmd_predict(dog_emotion.get_args_parser().parse_args(
+    rows = dog_emotion.cmd_predict(dog_emotion.parse_args(
         ["predict", *map(str, images), "--weights", weights]))
     assert len(rows) == 2 and all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in rows)
     assert all(r["label"] in ("angry", "happy", "relaxed", "sad") for r in rows)
@@ -148,7 +176,7 @@ def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
     bigger = run_train(split_root, tmp_path / "bigger", "--epochs", "1", "--teacher", teacher, "--input-size", "48")
     assert bigger["config"]["input_size"] == 48 and bigger["history"][0]["train_loss"] > 0
     with pytest.raises(SystemExit):                          # argparse: "1.5 is not between 0 and 1"
-        dog_emotion.get_args_parser().parse_args(["train", "--erase-prob", "1.5"])
+        dog_emotion.parse_args(["train", "--erase-prob", "1.5"])
     other = tmp_path / "other.pkl"
     save_weights(build_model("nano"), ["w", "x", "y", "z"], other)
     with pytest.raises(SystemExit, match="teacher has classes"):
@@ -163,16 +191,14 @@ def test_recipe_file_sets_defaults_and_the_command_line_wins(split_root, tmp_pat
     written = (tmp_path / "run" / "args.toml").read_text()
     assert "crop_scale = 0.25" in written and "no_flip_average = true" in written
     # the written options, loaded as a recipe, resolve to the same options
-    parser = dog_emotion.get_args_parser()
-    dog_emotion.apply_recipe(parser.train_parser, str(tmp_path / "run" / "args.toml"))
-    again = vars(parser.parse_args(["train"]))
+    again = vars(dog_emotion.parse_args(["train", "--config", str(tmp_path / "run" / "args.toml")]))
     assert {k: again[k] for k in m["args"] if k not in ("config",)} == {k: v for k, v in m["args"].items() if k != "config"}
 
 
 @pytest.mark.parametrize("text, message", [
     ('epoch = 3\n', "unknown option 'epoch'"),
     ('erase_prob = 1.5\n', "option 'erase_prob'.*not between 0 and 1"),
-    ('model = "huge"\n', "option 'model'.*not one of"),
+    ('model = "huge"\n', "option 'model'.*invalid choice"),
     ('epochs = [\n', "not valid TOML"),
     ('teacher = "a.pkl"\n', "option 'teacher' takes a list"),
     ('epochs = [1, 2]\n', "option 'epochs' takes one value"),
@@ -190,9 +216,7 @@ def test_a_recipe_extends_another_and_overrides_its_options(tmp_path):
     (tmp_path / "base.toml").write_text('model = "nano"\nepochs = 7\ncrop_scale = 0.25\n')
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "child.toml").write_text('extends = "../base.toml"\nepochs = 3\n')
-    parser = dog_emotion.get_args_parser()
-    dog_emotion.apply_recipe(parser.train_parser, str(tmp_path / "sub" / "child.toml"))
-    args = parser.parse_args(["train"])
+    args = dog_emotion.parse_args(["train", "--config", str(tmp_path / "sub" / "child.toml")])
     assert (args.model, args.epochs, args.crop_scale) == ("nano", 3, 0.25)   # inherited, overridden, inherited
     # a bad option is named with the file it is in, and loops and missing parents are refused by name
     (tmp_path / "base.toml").write_text('model = "nano"\nepoch = 7\n')
@@ -211,16 +235,14 @@ def test_a_recipe_extends_another_and_overrides_its_options(tmp_path):
 
 def test_every_recipe_in_the_repo_loads():
     from train.common import REPO_ROOT
-    recipes = sorted((REPO_ROOT / "recipes").glob("*.toml"))
+    recipes = sorted((REPO_ROOT / "recipes").rglob("*.toml"))
     assert recipes
     for path in recipes:
-        parser = dog_emotion.get_args_parser()
-        dog_emotion.apply_recipe(parser.train_parser, str(path))
-        assert parser.parse_args(["train"]).model in dog_emotion.CONFIGS, path
+        assert dog_emotion.parse_args(["train", "--config", str(path)]).model in CONFIGS, path
 
 
 def test_wilson_interval_matches_hand_computed_values():
-    from train.dog_emotion import wilson_interval
+    from train.engine import wilson_interval
     lo, hi = wilson_interval(70, 100)   # by hand: centre 0.719208/1.038416, half 1.96*sqrt(.00219604)/1.038416
     assert abs(lo - 60.415) < 1e-3 and abs(hi - 78.105) < 1e-3
     lo, hi = wilson_interval(0, 10)                          # stays inside [0, 100] where the normal one does not

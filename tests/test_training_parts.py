@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mobile_model import MobileCNN, count_parameters, fold, get_config, inference_parameters
-from train.dog_emotion import EMA, channels_last_trainable, distillation_loss, lr_at, make_optimizer
+from train.engine import EMA, channels_last_trainable, distillation_loss, lr_at, make_optimizer
 
 
 def test_distillation_loss_is_zero_for_equal_outputs_and_matches_a_hand_worked_case():
@@ -107,13 +107,13 @@ def test_folded_model_equals_the_training_form(name, branches):
 
 
 def test_device_auto_is_the_cpu_here_and_missing_devices_are_refused(monkeypatch):
-    from train.common import resolve_device
+    from train.common import DeviceError, resolve_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(SystemExit, match="no CUDA device here"):
+    with pytest.raises(DeviceError, match="no CUDA device here"):
         resolve_device("cuda:0")
-    with pytest.raises(SystemExit, match="MPS is not available"):
+    with pytest.raises(DeviceError, match="MPS is not available"):
         resolve_device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")   # auto picks a GPU when there is one

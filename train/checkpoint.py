@@ -10,12 +10,13 @@ unpickled is refused instead of executed.
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from mobile_model import MobileCNN, ModelConfig, count_parameters, fold
-from train.common import save_torch
+from train.common import ProjectError, save_torch
 from train.data import preprocess_spec
 
 FORMAT = "dog-emotion-weights/2"
@@ -23,8 +24,8 @@ READABLE_FORMATS = ("dog-emotion-weights/1", FORMAT)
 ARCH = "MobileCNN"
 
 
-class CheckpointError(Exception):
-    pass
+class CheckpointError(ProjectError):
+    """A weights file or checkpoint that cannot be used; the message names the file."""
 
 
 def safe_load(path: str | Path) -> dict:
@@ -90,3 +91,11 @@ def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[M
         raise CheckpointError(f"{path}: says {ckpt['params']} parameters but the model has {count_parameters(model)}")
     return fold(model.eval()), ckpt
 
+
+def load_for_export(weights: str, flip_average: bool = True):
+    """The inference model of `weights`; without flip_average the mirror-image pass leaves the
+    graph (an app may then average the two itself, or not)."""
+    model, ckpt = load_weights(weights)
+    if not flip_average:
+        model.config = replace(model.config, flip_average=False)
+    return model, ckpt

@@ -1,12 +1,15 @@
 """Plumbing every command in this repo shares (train/, export/ and benchmark/ import it from here):
-paths, seeding, threads, temporary files and atomic writes, progress bars, accuracy, tables."""
+paths, seeding, threads, the error boundary, temporary files and atomic writes, progress bars,
+accuracy, tables."""
 from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,40 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "artifacts"
 SHIPPED_WEIGHTS = REPO_ROOT / "weights" / "dog_emotion.pkl"   # the model that ships to phones
 SHIPPED_RECIPE = REPO_ROOT / "recipes" / "mini14-long.toml"  # the recipe that trained it (the Makefile's RECIPE)
+RUN_LOG = REPO_ROOT / "docs" / "runs.jsonl"   # one row per training run of the search: docs/results.md's tables
+
+
+class ProjectError(Exception):
+    """A problem with what the user gave (a file, a folder, an option), stated so that they can fix
+    it: the message names the thing and the problem. Library code raises subclasses of it; the
+    commands turn it into one line (`command_errors`)."""
+
+
+class DeviceError(ProjectError):
+    """A device that was asked for is not there."""
+
+
+class CommandFailed(SystemExit):
+    """Exit status 2 after the message went to stderr; str() is the message (for tests and callers)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def command_errors():
+    """The one error boundary of every command's main(): a ProjectError becomes
+    `error: <file or option>: <problem>` on stderr and exit status 2, with no traceback."""
+    try:
+        yield
+    except ProjectError as e:
+        message = f"error: {e}"
+        print(message, file=sys.stderr)
+        raise CommandFailed(message) from None
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -41,9 +78,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name}: no CUDA device here (torch {torch.__version__}); use cpu or auto")
+        raise DeviceError(f"--device {name}: no CUDA device here (torch {torch.__version__}); use cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit(f"error: --device {name}: MPS is not available here; use cpu or auto")
+        raise DeviceError(f"--device {name}: MPS is not available here; use cpu or auto")
     return device
 
 
@@ -125,3 +162,20 @@ def markdown_table(rows: list[dict], columns: list[str] | dict[str, str] | None 
     lines = ["| " + " | ".join(titles.values()) + " |", "|" + "---|" * len(titles)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in titles) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def cpu_description() -> str:
+    """The CPU and the instruction sets that change int8 kernels: AVX2, AVX-512, VNNI, ARM dot product."""
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                flags |= set(value.split())
+            elif key.strip() == "model name":
+                model = value.strip()
+    except OSError:
+        pass
+    found = {"AVX2": "avx2" in flags, "AVX-512": "avx512f" in flags,
+             "VNNI": bool({"avx512_vnni", "avx_vnni"} & flags), "ARM dot product": "asimddp" in flags}
+    return f"{model} ({platform.machine()}; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in found.items()) + ")"

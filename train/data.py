@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from train.common import REPO_ROOT, progress, save_torch, temp_path, warn
+from train.common import REPO_ROOT, ProjectError, progress, save_torch, temp_path, warn
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+MEAN_NCHW, STD_NCHW = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)  # for whole batches
 MIN_SIDE = 32          # smaller images hold too little to classify: skipped, with a warning
 CACHE_VERSION = 3      # bump when decoding or the cache layout changes, so old caches are never reused
 DEFAULT_DATA = REPO_ROOT / "data" / "dog_emotion"   # `make` links ../shared/datasets/dog_emotion here
@@ -41,11 +42,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never h
 Image.MAX_IMAGE_PIXELS = None  # PIL's bomb check acts on the declared size; load_rgb caps decoded pixels instead
 
 
-class DataError(Exception):
+class DataError(ProjectError):
     """A problem with the data set as a whole (missing folder, no classes, no images)."""
 
 
-class BadImage(Exception):
+class BadImage(ProjectError):
     """One file cannot be used; the message names the file and the reason."""
 
 
@@ -194,9 +195,7 @@ def resize_center_crop(img: Image.Image, size: int) -> torch.Tensor:
 
 
 def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
-    return (x_uint8.float() - mean) / std
+    return (x_uint8.float() - MEAN_NCHW * 255) / (STD_NCHW * 255)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -388,9 +387,7 @@ def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generat
     grey = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     x = (x - grey) * factor() + grey
     x = x.clamp(0, 1)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    x = (x - MEAN_NCHW) / STD_NCHW
     return random_erase(x, gen, erase_prob) if erase_prob > 0 else x  # no draws at 0: same stream
 
 

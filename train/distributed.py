@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from train.common import resolve_device
+from train.common import DeviceError, resolve_device
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def setup(device_name: str) -> Processes:
     if world == 1:
         return Processes(device=device)
     if device.type == "mps":
-        raise SystemExit("error: several processes on MPS are not supported by torch.distributed; use one")
+        raise DeviceError("several processes on MPS are not supported by torch.distributed; use one")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from train.common import ARTIFACTS, markdown_table, save_text
-from train.data import DEFAULT_DATA, DataError, SPLITS, class_names, list_images, load_splits
+from train.common import ARTIFACTS, command_errors, markdown_table, save_text
+from train.data import DEFAULT_DATA, SPLITS, class_names, list_images, load_splits
 from train.plots import image_grid, plt, save_figure
 
 HIST_SIZE = 72  # colour statistics need no detail: small decoded squares keep the pass over every split fast
@@ -119,10 +119,8 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="split root (default: %(default)s)")
     p.add_argument("--out", default=str(ARTIFACTS / "eda"), help="output folder (default: %(default)s)")
     args = p.parse_args(argv)
-    try:
+    with command_errors():
         run(Path(args.data), Path(args.out))
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

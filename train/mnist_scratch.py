@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from train.common import ARTIFACTS, markdown_table, progress, save_json, save_text, save_torch, seed_everything
+from train.common import ARTIFACTS, ProjectError, command_errors, markdown_table, progress, save_json, save_text, save_torch, seed_everything
 from train.plots import plot_curves, plt, save_figure
 from train.scratch_ops import cross_entropy, d_cross_entropy, one_hot, sigmoid, softmax
 
@@ -32,7 +32,7 @@ IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-l
 IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned-byte data, 3 dims (images) or 1 dim (labels)
 
 
-class IdxError(Exception):
+class IdxError(ProjectError):
     pass
 
 
@@ -303,10 +303,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    try:
+    with command_errors():
         {"train": cmd_train, "sweep": cmd_sweep}[args.command](args)
-    except IdxError as e:
-        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from train.common import progress, temp_path, warn
+from train.common import command_errors, progress, temp_path, warn
 from train.data import BadImage, DataError, check_data_root, class_names, list_images, load_rgb
 
 
@@ -148,11 +148,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    try:
+    with command_errors():
         prepare(Path(args.raw), Path(args.out), args.val_frac, args.test_frac, args.near_bits,
                 args.shorter_side, args.force)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

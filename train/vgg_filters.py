@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torchvision.models import VGG16_Weights
 
-from train.common import ARTIFACTS, markdown_table, save_text
-from train.data import (DEFAULT_DATA, BadImage, IMAGE_EXTENSIONS, center_crop, load_rgb, normalize,
+from train.common import ARTIFACTS, ProjectError, command_errors, markdown_table, save_text
+from train.data import (DEFAULT_DATA, BadImage, DataError, IMAGE_EXTENSIONS, center_crop, load_rgb, normalize,
                         resize_center_crop)
 from train.plots import image_grid, plt, save_figure
 
@@ -28,7 +28,7 @@ CATEGORIES = WEIGHTS.meta["categories"]  # shipped inside torchvision: no downlo
 HUB_FILE = os.path.basename(WEIGHTS.url)
 
 
-class WeightsMissing(Exception):
+class WeightsMissing(ProjectError):
     pass
 
 
@@ -121,7 +121,7 @@ def run(args) -> str:
         except BadImage as e:
             print(f"warning: skipped {e}")
     if not imgs:
-        raise SystemExit(f"error: no readable images in {args.images or 'the default set'}")
+        raise DataError(f"no readable images in {args.images or 'the default set'}")
     x = torch.cat([vgg_preprocess(im) for im in imgs])
     with torch.no_grad():
         preds = top5(model(x))
@@ -192,10 +192,8 @@ def main(argv=None) -> None:
     ap.add_argument("--filter-image", default="", help="name (substring) of the image for the filter responses (default: the first)")
     ap.add_argument("--out", default=str(ARTIFACTS / "vgg"), help="output folder (default: %(default)s)")
     args = ap.parse_args(argv)
-    try:
+    with command_errors():
         run(args)
-    except WeightsMissing as e:
-        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""Training runs after the fact: read a run folder, compare recipes by their seeds, keep the run log.
+
+A recipe is judged by the mean over its seeds of the final epoch's val accuracy (the EMA weights
+at the end of a fixed schedule: docs/results.md, "Protocol"), shown with its standard deviation;
+two recipes by the difference of their means with its standard error, paired by seed where both
+ran the same seeds. The best-val epoch is reported beside it, with how far it sat above the final
+epoch: picking the best of hundreds of epochs on 400 images flatters val.
+
+The run log (docs/runs.jsonl) holds one row per run of the search; `python -m train.results`
+renders docs/results.md's tables from it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from mobile_model import count_macs
+from train.checkpoint import load_weights, safe_load
+from train.common import atomic_write, cpu_description
+from train.data import DataError
+from train.recipes import recipe_key
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """A training run's options and per-epoch history: metrics.json once it has finished,
+    last.ckpt while it is still going (or was stopped)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        with open(run_dir / "metrics.json") as f:
+            run = json.load(f)
+    elif (run_dir / "last.ckpt").is_file():
+        run = safe_load(run_dir / "last.ckpt")
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"{run_dir}: not a folder (a training run folder is the --out of `train`)")
+    else:
+        raise DataError(f"{run_dir}: not a training run folder (no metrics.json or last.ckpt in it)")
+    if not run.get("history"):
+        raise DataError(f"{run_dir}: the run has no finished epoch yet")
+    return {"args": run["args"], "history": run["history"], "finished": "val_acc" in run,
+            "test_acc": run.get("test_acc")}
+
+
+def run_summary(name: str, run: dict, until: int = 0) -> dict:
+    """Final and best val of one run, counting epochs up to `until` (0: all)."""
+    h = [r for r in run["history"] if not until or r["epoch"] <= until]
+    if not h:
+        raise DataError(f"{name}: no epoch up to --until {until}")
+    best = max(h, key=lambda r: r["val_acc"])
+    return {"run": name, "model": run["args"]["model"], "seed": run["args"]["seed"],
+            "epoch": h[-1]["epoch"], "epochs": run["args"]["epochs"],
+            "finished": run["finished"],
+            "final_val": h[-1]["val_acc"], "best_val": best["val_acc"], "best_epoch": best["epoch"],
+            "minutes": sum(r["seconds"] for r in h) / 60, "key": recipe_key(run["args"])}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan for one value: one seed says nothing of the spread)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def recipe_groups(summaries: list[dict]) -> list[dict]:
+    """Runs that differ only in seed, as one row each: mean +- sd of final and best val, best first."""
+    groups: dict[str, list[dict]] = {}
+    for s in summaries:
+        groups.setdefault(s["key"], []).append(s)
+    rows = []
+    for runs in groups.values():
+        final, final_sd = mean_sd([r["final_val"] for r in runs])
+        best, _ = mean_sd([r["best_val"] for r in runs])
+        rows.append({"runs": [r["run"] for r in runs], "seeds": {r["seed"]: r["final_val"] for r in runs},
+                     "model": runs[0]["model"], "n": len(runs), "final_mean": final, "final_sd": final_sd,
+                     "best_mean": best, "best_minus_final": best - final})
+    return sorted(rows, key=lambda g: -g["final_mean"])
+
+
+def difference(a: dict, b: dict) -> dict:
+    """Mean final val of recipe a minus recipe b, with its standard error: paired by seed when
+    both ran the same seeds (the seed's own luck cancels), else Welch's unpaired error."""
+    shared = sorted(set(a["seeds"]) & set(b["seeds"]))
+    if len(shared) >= 2 and len(shared) == len(a["seeds"]) == len(b["seeds"]):
+        d = [a["seeds"][s] - b["seeds"][s] for s in shared]
+        return {"diff": float(np.mean(d)), "se": float(np.std(d, ddof=1) / math.sqrt(len(d))), "paired": True}
+    se = math.sqrt(a["final_sd"] ** 2 / a["n"] + b["final_sd"] ** 2 / b["n"]) if min(a["n"], b["n"]) > 1 else float("nan")
+    return {"diff": a["final_mean"] - b["final_mean"], "se": se, "paired": False}
+
+
+def verdict(d: dict) -> str:
+    if math.isnan(d["se"]):
+        return "unknown spread (one seed)"
+    return "larger than the noise" if abs(d["diff"]) > 2 * d["se"] else "within the noise (under 2 SE)"
+
+
+# ---------------------------------------------------------------- the run log
+
+def machine() -> str:
+    return f"{cpu_description()}, {os.cpu_count()} CPUs"
+
+
+def log_row(run_dir: str | Path, note: str = "") -> dict:
+    """One run log row of a finished run folder (metrics.json): what it trained and what it read."""
+    with open(Path(run_dir) / "metrics.json") as f:
+        m = json.load(f)
+    a = m["args"]
+    model, _ = load_weights(Path(run_dir) / "dog_emotion.pkl")
+    return {"run": Path(run_dir).name, "recipe": Path(a["config"]).stem if a.get("config") else "",
+            "model": a["model"], "seed": a["seed"], "teacher": [Path(t).stem for t in a.get("teacher", [])],
+            "train_on": a.get("train_on", "train"), "params": m["params"], "macs": count_macs(model),
+            "epochs": a["epochs"], "final_val": m.get("final_val_acc"), "best_val": m.get("best_val_acc"),
+            "best_epoch": m["best_epoch"], "test": m.get("test_acc"), "minutes": round(m["train_minutes"], 1),
+            "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "input_size": m["config"]["input_size"], "note": note}
+
+
+def append_log(row: dict, log: Path) -> None:
+    """Add (or replace, by run name) one row of the JSON-lines log, atomically."""
+    rows = [r for r in read_log(log) if r["run"] != row["run"]] + [row]
+    atomic_write(log, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), mode="w")
+
+
+def read_log(log: Path) -> list[dict]:
+    if not log.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(log.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{log}: line {i} is not JSON ({e.msg})") from None
+    return rows
