@@ -18,14 +18,14 @@ RECIPE ?= recipes/mini14-long.toml
 
 # glibc's malloc hands large freed buffers back to the kernel, and PyTorch asks for them again every
 # step: page faults and system time. Keeping them (buffers up to 32 MB from the heap, no trimming
-# below 2 GB, 256 MB of headroom per heap growth) made the shipped recipe's epoch 1.25x faster on
-# 2 threads here, with the same losses (docs/training.md, "Memory allocator"). Only glibc reads these.
+# below 2 GB, 256 MB of headroom per heap growth) makes an epoch faster with the same losses
+# (docs/training.md, "Memory allocator", has the measurement). Only glibc reads these.
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 2147483648
 export MALLOC_TOP_PAD_ ?= 268435456
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train train-quick train-ddp teacher teachers train-all sizes demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
+.PHONY: help venv data train train-quick train-ddp teacher teachers train-all sizes results demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,16 +48,12 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 # Every named training run is a recipe file, recipes/<name>.toml, loaded with --config; ARGS
 # overrides any of its options. The shipped model's recipe is RECIPE (above).
 TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
-# The recipes say one thread (two runs side by side, one per core); alone, both cores are faster:
-# `make bench ARGS="--train-epochs 4"` (2026-12-01 06:06 UTC) timed an epoch of the shipped recipe at
-# 26.0 s on 1 thread, 21.2 s on 2 and 18.2 s as 2 DDP processes (docs/scale-out.md). That recipe
-# (300 epochs, 25.20 M MACs) took a median 28.6 s per epoch on one thread beside a second run, and
-# `make train` (2026-12-01, nothing else on the cores) a median 17.7 s on 2 threads: 93 min end to
-# end, 2.5 GB peak memory. This shared machine's speed drifts: compare layouts within one run.
-train: $(STAMP) data ## train the shipped model (RECIPE, 300 epochs) against the shipped teacher on all cores; 93 min here -> artifacts/train/
+# Recipes say nothing of threads: a run alone takes every core (--threads 0); the search's runs
+# (the pattern rule below) take one each, two side by side. Times: docs/training.md, `make bench`.
+train: $(STAMP) data ## train the shipped model (RECIPE, 300 epochs) against the shipped teacher on all cores -> artifacts/train/
 	$(TRAIN) --config $(RECIPE) --threads 0 $(ARGS)
 
-train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things; 9.4 min here -> artifacts/train-quick/
+train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things -> artifacts/train-quick/
 	$(TRAIN) --config $(RECIPE) --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
 
 # Several processes (torchrun, DDP; gloo on CPUs, NCCL on GPUs): the same 64 images per step,
@@ -73,13 +69,14 @@ train-all: $(STAMP) data ## everything from scratch: the teacher, then RECIPE's 
 	$(TRAIN) --config recipes/large.toml --threads 0 --out artifacts/teacher $(ARGS)
 	$(TRAIN) --config $(RECIPE) --threads 0 --teacher artifacts/teacher/dog_emotion.pkl $(ARGS)
 
-# Any recipe by name: make artifacts/runs/<name>/dog_emotion.pkl trains recipes/<name>.toml, and
+# Any recipe by name: make artifacts/runs/<name>/dog_emotion.pkl trains recipes/<name>.toml (one
+# thread, test not read: the protocol in docs/results.md reads test once per final candidate), and
 # resumes it from its last finished epoch when a stopped run's checkpoint is there (the log is appended).
 artifacts/runs/%/dog_emotion.pkl: recipes/%.toml | $(STAMP) data
-	@mkdir -p artifacts/runs
+	@mkdir -p $(dir artifacts/runs/$*.log)
 	@echo "training recipe '$*'; progress: tail -f artifacts/runs/$*.log"
-	$(TRAIN) --config $< --out artifacts/runs/$* $(if $(wildcard artifacts/runs/$*/last.ckpt),--resume) $(ARGS) >> artifacts/runs/$*.log 2>&1 || { tail -n 20 artifacts/runs/$*.log; exit 1; }
-	@grep "^best epoch" artifacts/runs/$*.log
+	$(TRAIN) --config $< --threads 1 --no-test --out artifacts/runs/$* $(if $(wildcard artifacts/runs/$*/last.ckpt),--resume) $(ARGS) >> artifacts/runs/$*.log 2>&1 || { tail -n 20 artifacts/runs/$*.log; exit 1; }
+	@grep "^kept the" artifacts/runs/$*.log | tail -n 1
 # The teacher ensemble: the shipped teacher's recipe (make teacher) with two more seeds, and at 128 px.
 ENSEMBLE := teacher-large-s1 teacher-large-s2 teacher-large128
 teachers: $(STAMP) data ## the teacher ensemble's three new members from scratch, two at a time, one thread each (resumable) -> artifacts/runs/teacher-*/
@@ -91,6 +88,9 @@ artifacts/runs/small-distilled/dog_emotion.pkl artifacts/runs/nano-distilled/dog
 sizes: $(STAMP) data ## rows of the size table: two plain teachers, then `small` and `nano` distilled from them -> artifacts/runs/
 	$(MAKE) -j2 $(SIZES_TEACHERS)
 	$(MAKE) -j2 artifacts/runs/small-distilled/dog_emotion.pkl artifacts/runs/nano-distilled/dog_emotion.pkl
+
+results: $(STAMP) ## docs/results.md's size and run tables and docs/frontier.png, from the run log docs/runs.jsonl
+	$(PY) -m train.results render
 
 evaluate: $(STAMP) data ## accuracy of WEIGHTS on the test split of DATA (last line: JSON)
 	$(PY) -m train.dog_emotion evaluate --data $(DATA) --weights $(WEIGHTS) $(ARGS)

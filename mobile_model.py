@@ -34,8 +34,7 @@ class ModelConfig:
     num_classes: int = 4
     dropout: float = 0.1
     # Eval-time horizontal-flip averaging, inside the network so every exported format has it:
-    # twice the MACs, no extra parameters; it helps most of the trained models but not every one
-    # (README's flip-averaging table has the measured numbers, kept there only so they cannot drift).
+    # twice the MACs, no extra parameters (docs/results.md says what it is worth).
     flip_average: bool = False
     branches: int = 0                   # extra parallel conv+BN branches per conv while training (0 = plain)
     folded: bool = False                # inference form: BN and branches folded into one conv with a bias
@@ -209,15 +208,15 @@ CONFIGS: dict[str, ModelConfig] = {
     # phone's layout under 10,000 parameters: the same five stages, narrower everywhere
     "micro": ModelConfig(stem=16, stages=((24, 1, 1), (32, 2, 2), (40, 2, 2), (54, 2, 1)), flip_average=True),
     # micro with its 40-channel stage at 28x28 and its last at 14x14 (one stride later): the same
-    # 9,946 parameters, 1.4x the MACs, within the 30.8 M budget that micro leaves two thirds unused
+    # parameters for more MACs, spending budget that micro leaves unused
     "micro14": ModelConfig(stem=16, stages=((24, 1, 1), (32, 2, 2), (40, 1, 2), (54, 2, 1)), flip_average=True),
-    # between micro and phone (17,208 parameters folded): phone's layout at about 0.8x its widths
+    # between micro and phone: phone's layout, narrower
     "mini": ModelConfig(stem=20, stages=((28, 1, 1), (40, 2, 2), (56, 2, 2), (88, 2, 1)), flip_average=True),
     # mini with micro14's stride move (its 56-channel stage at 28x28, its last at 14x14): 25.20 M MACs
     "mini14": ModelConfig(stem=20, stages=((28, 1, 1), (40, 2, 2), (56, 1, 2), (88, 2, 1)), flip_average=True),
     "base": ModelConfig(stem=16, stages=((32, 2, 1), (64, 2, 2), (160, 2, 2)), flip_average=True),
-    # the teacher (weights/teacher_large.pkl): wide only where the feature maps are small (14x14, 7x7), so it has 8.8x
-    # the parameters of small for 1.7x its time per training step (one thread)
+    # the teacher (weights/teacher_large.pkl): wide only where the feature maps are small (14x14, 7x7),
+    # where channels cost parameters but few MACs
     "large": ModelConfig(stem=16, stages=((32, 2, 1), (96, 2, 3), (256, 2, 3)), flip_average=True),
 }
 SHIPPED = "mini14"

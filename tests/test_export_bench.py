@@ -11,9 +11,9 @@ from export import export as exporter
 from export.profile import profile
 from export.runtimes import FORMATS, make_runner
 from mobile_model import build_model, count_parameters
-from train.checkpoint import load_weights
+from train.checkpoint import load_for_export, load_weights
 from train.common import SHIPPED_WEIGHTS
-from train.data import preprocess_spec
+from train.data import DataError, preprocess_spec
 
 
 def test_profile_agrees_with_flopcounter_and_count_parameters():
@@ -167,7 +167,7 @@ def nano_weights(tmp_path):
 
 @pytest.mark.slow
 def test_pte_of_a_small_generated_model_and_a_failed_check(nano_weights, split_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(exporter, "PTE_INT8_AGREEMENT", 101.0)   # no INT8 program can pass this check
+    monkeypatch.setattr(exporter, "INT8_MIN_AGREEMENT", 101.0)   # no INT8 program can pass this check
     rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0)
     by_fmt = {r["format"]: r for r in rows}
     assert by_fmt["pte_fp32"]["max abs logit diff"] <= 1e-4 and by_fmt["pte_fp32"]["top-1 agreement (%)"] == 100
@@ -179,7 +179,7 @@ def test_pte_of_a_small_generated_model_and_a_failed_check(nano_weights, split_r
         np.testing.assert_allclose(make_runner("pte_fp32", tmp_path / "out" / "dog_emotion.pte")(x),
                                    make_runner("eager", model=load_weights(nano_weights)[0])(x), atol=1e-4)
     (tmp_path / "bad.pte").write_bytes(b"not a program")
-    with pytest.raises(RuntimeError, match="bad.pte: not a loadable ExecuTorch program"):
+    with pytest.raises(DataError, match="bad.pte: not a loadable ExecuTorch program"):
         make_runner("pte_fp32", tmp_path / "bad.pte")
 
 
@@ -195,7 +195,7 @@ def test_export_without_flip_averaging(nano_weights, split_root, tmp_path):
     meta = json.loads((tmp_path / "out" / exporter.METADATA_SIDECAR).read_text())
     assert json.loads(meta["config"])["flip_average"] is False
     # every FP32 file computes the single pass, not the shipped flip average
-    single, _ = exporter.load_for_export(str(nano_weights), flip_average=False)
+    single, _ = load_for_export(str(nano_weights), flip_average=False)
     averaged, _ = load_weights(nano_weights)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     ref = make_runner("eager", model=single)(x)

@@ -7,6 +7,7 @@ import torch
 from mobile_model import CONFIGS, MobileCNN, ModelConfig, build_model, count_parameters
 from train import dog_emotion
 from train.checkpoint import CheckpointError, load_weights, save_weights
+from train.data import DataError
 
 TINY = ["--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1", "--threads", "1"]
 
@@ -259,3 +260,29 @@ def test_mix_batch_targets_are_distributions():
         assert (target >= 0).all()
     same, target = mix_batch(x, y, 4, g, prob=0.0)
     assert torch.equal(same, x) and torch.equal(target.argmax(1), y)
+
+
+def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path):
+    from train import results
+    run_train(split_root, tmp_path / "s0", "--epochs", "2", "--seed", "0", "--branches", "1")
+    run_train(split_root, tmp_path / "s1", "--epochs", "2", "--seed", "1", "--branches", "1")
+    log = tmp_path / "runs.jsonl"
+    results.main(["--log", str(log), "add", str(tmp_path / "s0"), str(tmp_path / "s1"), "--note", "two seeds"])
+    results.main(["--log", str(log), "add", str(tmp_path / "s1")])            # again: replaced, not doubled
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    finals = [json.loads((tmp_path / s / "metrics.json").read_text())["final_val_acc"] for s in ("s0", "s1")]
+    assert [r["run"] for r in rows] == ["s0", "s1"] and [r["final_val"] for r in rows] == finals
+    assert rows[0]["options"].startswith("--batch-size 8 --branches 1") and rows[0]["macs"] > 0
+    page, figure = tmp_path / "results.md", tmp_path / "frontier.png"
+    page.write_text("# R\n<!-- generated: size-table -->\nold\n<!-- end: size-table -->\ntext kept\n"
+                    "<!-- generated: run-table -->\n<!-- end: run-table -->\n")
+    results.render(log, page, figure)
+    text = page.read_text()
+    mean = sum(finals) / 2
+    sd = abs(finals[0] - finals[1]) / 2 ** 0.5
+    size_rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(size_rows) == 1 and f"{mean:.2f} +- {sd:.2f}" in size_rows[0] and "| 0, 1 |" in size_rows[0]
+    assert "old" not in text and "text kept" in text and figure.stat().st_size > 0
+    page.write_text("no markers")
+    with pytest.raises(DataError, match="results.md: no '<!-- generated: size-table -->'"):
+        results.render(log, page, figure)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mobile_model import CONFIGS, SHIPPED, count_parameters
+from mobile_model import count_parameters
 from train import engine, runlog
 from train.checkpoint import load_weights
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, command_errors, markdown_table, resolve_device
@@ -26,7 +26,7 @@ from train.data import (DEFAULT_DATA, BadImage, DataError, check_data_root, clas
                         load_input, storage_size)
 from train.distributed import teardown
 from train.plots import plot_runs
-from train.recipes import recipe_defaults
+from train.recipes import add_train_options, recipe_defaults
 
 
 def cmd_evaluate(args) -> dict:
@@ -110,59 +110,6 @@ def cmd_compare(args) -> dict:
               args.window)
     print(f"wrote {args.out}")
     return {"runs": rows, "recipes": recipes}
-
-
-def fraction(text: str) -> float:
-    """argparse type for shares and probabilities: a float in [0, 1]."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
-
-
-def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Every option of `train`: the subcommand's and the parser that checks a recipe's values."""
-    t.add_argument("--config", default="", help="TOML recipe (recipes/*.toml) whose values become the defaults; "
-                                                 "`extends = \"other.toml\"` in it builds on another recipe; "
-                                                 "options given on the command line win (default: none)")
-    t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
-    t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
-    t.add_argument("--input-size", type=int, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
-    t.add_argument("--branches", type=int, default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
-    t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
-    t.add_argument("--epochs", type=int, default=150, help="training epochs (default: %(default)s)")
-    t.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
-    t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
-    t.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (default: %(default)s)")
-    t.add_argument("--crop-scale", type=fraction, default=0.55, help="smallest area share of a random crop (default: %(default)s)")
-    t.add_argument("--erase-prob", type=fraction, default=0.0, help="share of images with one random box erased (default: %(default)s)")
-    t.add_argument("--mix-prob", type=fraction, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
-    t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
-    t.add_argument("--ema-decay", type=float, default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
-    t.add_argument("--teacher", nargs="*", default=[], help="weights .pkl of models trained here from scratch to distil from; several = their ensemble (default: none)")
-    t.add_argument("--teacher-no-flip", action="store_true", help="teachers see the student's view only, not also its "
-                                                                 "mirror image: half the teacher's cost (default: off)")
-    t.add_argument("--distill-weight", type=float, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
-    t.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature for distillation (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation (default: %(default)s)")
-    t.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: %(default)s)")
-    t.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default: off, float32)")
-    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch's default (default: %(default)s)")
-    t.add_argument("--no-channels-last", action="store_true",
-                   help="keep tensors NCHW on the CPU (channels-last, the default there, is faster on CPUs; "
-                        "same results to float rounding)")
-    t.add_argument("--out", default=str(ARTIFACTS / "train"), help="output folder (default: %(default)s)")
-    t.add_argument("--cache-dir", default=str(ARTIFACTS / "cache"), help="decoded-image cache folder (default: %(default)s)")
-    t.add_argument("--keep", default="best", choices=("final", "best"),
-                   help="weights kept as dog_emotion.pkl: the EMA at the last epoch, or at the best-val epoch (default: %(default)s)")
-    t.add_argument("--train-on", default="train", choices=("train", "train+val"),
-                   help="splits that train; train+val for a final model whose epoch val does not pick (default: %(default)s)")
-    t.add_argument("--no-test", action="store_true", help="do not evaluate the test split at the end (search runs: "
-                                                          "test is read once per final candidate)")
-    t.add_argument("--resume", action="store_true", help="continue from <out>/last.ckpt")
-    t.add_argument("--stop-after", type=int, default=0, help="stop after this epoch (to test --resume; default: run all)")
-    return t
 
 
 def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:

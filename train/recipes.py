@@ -1,7 +1,7 @@
 """Training recipes: TOML files of `train` options (recipes/*.toml), read, checked and keyed.
 
-A recipe sets the defaults of `python -m train.dog_emotion train`; options given on the command
-line still win. `extends = "other.toml"` (relative to the recipe's folder) loads that recipe first,
+A recipe sets the defaults of `python -m train.dog_emotion train` (`add_train_options` below is
+that command's whole set of options); options given on the command line still win. `extends = "other.toml"` (relative to the recipe's folder) loads that recipe first,
 so a variant states only what differs from the one recipe it builds on. Every value is checked by
 the same argparse parser the command line goes through, so a recipe can hold nothing the command
 line would refuse.
@@ -13,7 +13,9 @@ import json
 import tomllib
 from pathlib import Path
 
-from train.common import ProjectError
+from mobile_model import CONFIGS, SHIPPED
+from train.common import ARTIFACTS, ProjectError
+from train.data import DEFAULT_DATA
 
 # Options that are not part of a recipe (how this invocation was asked), and those that change
 # where or how fast a run goes but never what it computes: every other option must match for --resume.
@@ -89,3 +91,69 @@ def recipe_defaults(path: str | Path, options_parser: argparse.ArgumentParser) -
         except argparse.ArgumentError as e:
             raise RecipeError(f"recipe {source}: option {key!r}: {e}") from None
     return parsed
+
+
+# ---------------------------------------------------------------- the options a recipe can set
+
+def fraction(text: str) -> float:
+    """argparse type for shares and probabilities: a float in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every option of `train`: the subcommand's and the parser that checks a recipe's values."""
+    t.add_argument("--config", default="", help="TOML recipe (recipes/*.toml) whose values become the defaults; "
+                                                 "`extends = \"other.toml\"` in it builds on another recipe; "
+                                                 "options given on the command line win (default: none)")
+    t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
+    t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
+    t.add_argument("--input-size", type=int, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
+    t.add_argument("--branches", type=int, default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
+    t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
+    t.add_argument("--epochs", type=int, default=150, help="training epochs (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
+    t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
+    t.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (default: %(default)s)")
+    t.add_argument("--crop-scale", type=fraction, default=0.55, help="smallest area share of a random crop (default: %(default)s)")
+    t.add_argument("--erase-prob", type=fraction, default=0.0, help="share of images with one random box erased (default: %(default)s)")
+    t.add_argument("--mix-prob", type=fraction, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
+    t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
+    t.add_argument("--ema-decay", type=float, default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
+    t.add_argument("--teacher", nargs="*", default=[], help="weights .pkl of models trained here from scratch to distil from; several = their ensemble (default: none)")
+    t.add_argument("--teacher-no-flip", action="store_true", help="teachers see the student's view only, not also its "
+                                                                 "mirror image: half the teacher's cost (default: off)")
+    t.add_argument("--distill-weight", type=float, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
+    t.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature for distillation (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation (default: %(default)s)")
+    t.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: %(default)s)")
+    t.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default: off, float32)")
+    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch's default (default: %(default)s)")
+    t.add_argument("--no-channels-last", action="store_true",
+                   help="keep tensors NCHW on the CPU (channels-last, the default there, is faster on CPUs; "
+                        "same results to float rounding)")
+    t.add_argument("--out", default=str(ARTIFACTS / "train"), help="output folder (default: %(default)s)")
+    t.add_argument("--cache-dir", default=str(ARTIFACTS / "cache"), help="decoded-image cache folder (default: %(default)s)")
+    t.add_argument("--keep", default="final", choices=("final", "best"),
+                   help="weights kept as dog_emotion.pkl: the EMA at the last epoch, or at the best-val epoch (default: %(default)s)")
+    t.add_argument("--train-on", default="train", choices=("train", "train+val"),
+                   help="splits that train; train+val for a final model whose epoch val does not pick (default: %(default)s)")
+    t.add_argument("--no-test", action="store_true", help="do not evaluate the test split at the end (search runs: "
+                                                          "test is read once per final candidate)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>/last.ckpt")
+    t.add_argument("--stop-after", type=int, default=0, help="stop after this epoch (to test --resume; default: run all)")
+    return t
+
+
+def recipe_overrides(run_args: dict) -> str:
+    """What a run changed on the command line against its recipe (seed aside), as the command line
+    spells it: e.g. '--branches 1 --teacher-no-flip'."""
+    parser = add_train_options(argparse.ArgumentParser(exit_on_error=False))
+    base = vars(parser.parse_args([]))
+    if run_args.get("config"):
+        base.update(recipe_defaults(run_args["config"], parser))
+    diffs = {k: v for k, v in result_options(run_args).items() if k != "seed" and k in base and base[k] != v}
+    return " ".join(" ".join(as_argv(k, v)) for k, v in sorted(diffs.items()))

@@ -21,9 +21,9 @@ import numpy as np
 
 from mobile_model import count_macs
 from train.checkpoint import load_weights, safe_load
-from train.common import atomic_write, cpu_description
+from train.common import REPO_ROOT, atomic_write, cpu_description
 from train.data import DataError
-from train.recipes import recipe_key
+from train.recipes import recipe_key, recipe_overrides
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -103,17 +103,29 @@ def machine() -> str:
 
 def log_row(run_dir: str | Path, note: str = "") -> dict:
     """One run log row of a finished run folder (metrics.json): what it trained and what it read."""
-    with open(Path(run_dir) / "metrics.json") as f:
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        raise DataError(f"{run_dir}: no metrics.json (not a finished training run)")
+    with open(run_dir / "metrics.json") as f:
         m = json.load(f)
     a = m["args"]
-    model, _ = load_weights(Path(run_dir) / "dog_emotion.pkl")
-    return {"run": Path(run_dir).name, "recipe": Path(a["config"]).stem if a.get("config") else "",
-            "model": a["model"], "seed": a["seed"], "teacher": [Path(t).stem for t in a.get("teacher", [])],
-            "train_on": a.get("train_on", "train"), "params": m["params"], "macs": count_macs(model),
+    model, _ = load_weights(run_dir / "dog_emotion.pkl")
+    recipe = Path(a["config"]).resolve() if a.get("config") else None
+    return {"run": run_dir.name, "recipe": str(recipe.relative_to(REPO_ROOT)) if recipe and recipe.is_relative_to(REPO_ROOT)
+            else str(recipe or ""), "options": recipe_overrides(a),
+            "model": a["model"], "seed": a["seed"], "teacher": [teacher_name(t) for t in a.get("teacher", [])],
+            "train_on": a.get("train_on", "train"), "params": m["params"], "train_params": m["train_params"],
+            "macs": count_macs(model),
             "epochs": a["epochs"], "final_val": m.get("final_val_acc"), "best_val": m.get("best_val_acc"),
             "best_epoch": m["best_epoch"], "test": m.get("test_acc"), "minutes": round(m["train_minutes"], 1),
             "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "input_size": m["config"]["input_size"], "note": note}
+
+
+def teacher_name(path: str) -> str:
+    """weights/teacher_large.pkl -> teacher_large; artifacts/runs/X/dog_emotion.pkl -> X."""
+    p = Path(path)
+    return p.parent.name if p.stem == "dog_emotion" else p.stem
 
 
 def append_log(row: dict, log: Path) -> None:

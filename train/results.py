@@ -1,0 +1,119 @@
+"""The run log and the tables made from it: docs/runs.jsonl -> docs/results.md's tables, docs/frontier.png.
+
+    python -m train.results add RUN_DIR... [--note TEXT]   # a finished run's row into the log
+    python -m train.results render                          # make results: the tables and the plot
+
+Every run of the search is one JSON line (recipe, options, seed, teacher, params, MACs, epochs,
+final and best val, test if read, minutes, machine). `render` rewrites what lies between the
+`<!-- generated: NAME -->` and `<!-- end: NAME -->` markers of docs/results.md, so a rerun updates
+the log and the page follows; nothing else of the page is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+
+from train.common import REPO_ROOT, RUN_LOG, command_errors, markdown_table, save_text
+from train.data import DataError
+from train.plots import plot_frontier
+from train.runlog import append_log, log_row, mean_sd, read_log
+
+RESULTS = REPO_ROOT / "docs" / "results.md"
+FRONTIER = REPO_ROOT / "docs" / "frontier.png"
+
+
+def recipe_name(row: dict) -> str:
+    name = Path(row["recipe"]).stem if row["recipe"] else row["model"]
+    return f"{name} {row['options']}".strip() + (" (train+val)" if row.get("train_on") == "train+val" else "")
+
+
+def by_recipe(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(recipe_name(r), []).append(r)
+    return groups
+
+
+def spread(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean, sd = mean_sd(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} +- {sd:.2f}"
+
+
+def size_table(rows: list[dict]) -> str:
+    """One row per recipe, smallest model first: its seeds' val (final weights where the run log
+    has them; best-val epoch for runs from before the protocol) and test, mean +- sd."""
+    table = []
+    for name, runs in sorted(by_recipe(rows).items(), key=lambda kv: (kv[1][0]["params"], kv[0])):
+        finals = [r["final_val"] for r in runs if r["final_val"] is not None]
+        table.append({"recipe": f"`{name}`", "model": runs[0]["model"], "teacher": ", ".join(runs[0]["teacher"]) or "-",
+                      "params": f"{runs[0]['params']:,}", "MACs": f"{runs[0]['macs'] / 1e6:.2f} M",
+                      "epochs": runs[0]["epochs"], "seeds": ", ".join(str(r["seed"]) for r in runs),
+                      "final val (%)": spread(finals),
+                      "best val (%)": spread([r["best_val"] for r in runs]),
+                      "test (%)": spread([r["test"] for r in runs]),
+                      "minutes per run": f"{np.mean([r['minutes'] for r in runs]):.0f}"})
+    return markdown_table(table)
+
+
+def run_table(rows: list[dict]) -> str:
+    return markdown_table([{"run": r["run"], "seed": r["seed"], "params": f"{r['params']:,}", "epochs": r["epochs"],
+                            "final val": "-" if r["final_val"] is None else f"{r['final_val']:.2f}",
+                            "best val": f"{r['best_val']:.2f}" + (f" at {r['best_epoch']}" if r.get("best_epoch") else ""),
+                            "test": "-" if r["test"] is None else f"{r['test']:.2f}", "minutes": r["minutes"],
+                            "date": r["date"]} for r in rows])
+
+
+def replace_block(text: str, name: str, body: str, path: Path) -> str:
+    pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(<!-- end: {name} -->)", re.S)
+    if not pattern.search(text):
+        raise DataError(f"{path}: no '<!-- generated: {name} -->' ... '<!-- end: {name} -->' block to fill")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def render(log: Path = RUN_LOG, page: Path = RESULTS, figure: Path = FRONTIER) -> None:
+    rows = read_log(log)
+    if not rows:
+        raise DataError(f"{log}: no runs logged")
+    text = page.read_text()
+    text = replace_block(text, "size-table", size_table(rows), page)
+    text = replace_block(text, "run-table", run_table(rows), page)
+    save_text(text, page)
+    points = []
+    for name, runs in by_recipe(rows).items():
+        vals = [r["final_val"] if r["final_val"] is not None else r["best_val"] for r in runs]
+        points.append({"name": name, "params": runs[0]["params"], "mean": float(np.mean(vals)),
+                       "lo": min(vals), "hi": max(vals), "final": all(r["final_val"] is not None for r in runs)})
+    plot_frontier(points, figure)
+    print(f"rendered {len(rows)} runs of {log} into {page} and {figure}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log", default=str(RUN_LOG), help="the run log, JSON lines (default: %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("add", help="add finished runs (their metrics.json) to the log, replacing rows of the same name")
+    a.add_argument("runs", nargs="+", help="run folders (the --out of `train`)")
+    a.add_argument("--note", default="", help="what the run was for (default: none)")
+    sub.add_parser("render", help="rewrite docs/results.md's generated tables and docs/frontier.png from the log")
+    return p
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    with command_errors():
+        if args.command == "add":
+            for run in args.runs:
+                append_log(log_row(run, args.note), Path(args.log))
+                print(f"logged {run}")
+        else:
+            render(Path(args.log))
+
+
+if __name__ == "__main__":
+    main()
