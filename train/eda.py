@@ -38,13 +38,7 @@ def source_sizes(root: Path, classes: list[str]) -> list[tuple[int, int]]:
     return sizes
 
 
-def run(root: Path, out: Path) -> str:
-    data = load_splits(root, HIST_SIZE, splits=[s for s in SPLITS if (root / s).is_dir()],
-                       cache_dir=ARTIFACTS / "cache")
-    classes = class_names(root)
-    counts = {s: np.bincount(d.labels.numpy(), minlength=len(classes)) for s, d in data.items()}
-
-    # 1. label distribution per split
+def plot_label_counts(counts: dict, classes: list[str], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     width = 0.8 / len(counts)
     for i, (s, c) in enumerate(counts.items()):
@@ -56,8 +50,8 @@ def run(root: Path, out: Path) -> str:
     ax.legend()
     save_figure(fig, out / "label_distribution.png")
 
-    # 2. source image sizes
-    sizes = np.array(source_sizes(root, classes))
+
+def plot_sizes(sizes: np.ndarray, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].scatter(sizes[:, 0], sizes[:, 1], s=4, alpha=0.4)
     axes[0].set_xlabel("width (px)")
@@ -68,8 +62,9 @@ def run(root: Path, out: Path) -> str:
     axes[1].set_title("shorter side")
     save_figure(fig, out / "image_sizes.png")
 
-    # 3. colour histograms per channel and class (train split, or the first split present)
-    ref = data.get("train") or next(iter(data.values()))
+
+def plot_colours(ref, classes: list[str], out: Path) -> list[dict]:
+    """Colour histograms per channel and class; returns each class's channel means."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
     channel_means = []
     for k, name in enumerate(classes):
@@ -88,9 +83,11 @@ def run(root: Path, out: Path) -> str:
     axes[0].set_ylabel("share of pixels")
     axes[0].legend()
     save_figure(fig, out / "color_histograms.png")
+    return channel_means
 
-    # 4. sample grid: 8 per class, first images in file order (deterministic)
-    per_class = 8
+
+def plot_samples(ref, classes: list[str], out: Path, per_class: int = 8) -> None:
+    """A grid of the first images of each class in file order (deterministic)."""
     images, titles = [], []
     for k, name in enumerate(classes):
         idx = (ref.labels == k).nonzero().flatten()[:per_class]
@@ -98,6 +95,18 @@ def run(root: Path, out: Path) -> str:
         titles += [name] * len(idx)
     image_grid(images, titles, out / "samples.png", cols=per_class, title="samples per class")
 
+
+def run(root: Path, out: Path) -> str:
+    data = load_splits(root, HIST_SIZE, splits=[s for s in SPLITS if (root / s).is_dir()],
+                       cache_dir=ARTIFACTS / "cache")
+    classes = class_names(root)
+    counts = {s: np.bincount(d.labels.numpy(), minlength=len(classes)) for s, d in data.items()}
+    plot_label_counts(counts, classes, out)
+    sizes = np.array(source_sizes(root, classes))
+    plot_sizes(sizes, out)
+    ref = data.get("train") or next(iter(data.values()))  # the train split, or the first one present
+    channel_means = plot_colours(ref, classes, out)
+    plot_samples(ref, classes, out)
     count_rows = [{"split": s, **{c: int(n) for c, n in zip(classes, v)}, "total": int(v.sum())}
                   for s, v in counts.items()]
     short = sizes.min(1)

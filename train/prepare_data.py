@@ -75,7 +75,18 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
     items = list_images(raw, classes)
     if not items:
         raise DataError(f"{raw}: no images in the class folders {classes}")
+    records, skipped, exact = decode_unique(items, raw)
+    kept = near_duplicates_removed(records, near_bits)
+    rows = write_split(kept, classes, out, val_frac, test_frac, shorter_side)
+    counts = {s: sum(1 for r in rows if r[0] == s) for s in ("train", "val", "test")}
+    summary = {"files": len(items), "skipped": skipped, "exact_duplicates": exact,
+               "near_duplicates": len(records) - len(kept), "kept": len(kept), **counts}
+    print(f"{raw} -> {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return summary
 
+
+def decode_unique(items: list, raw: Path) -> tuple[list[dict], int, int]:
+    """Each readable file once (byte-identical copies dropped), with its hash, size and dhash."""
     records, seen_sha, skipped, exact = [], set(), 0, 0
     for path, label in progress(sorted(items, key=lambda t: str(t[0])), desc="hash", unit="img"):
         data = path.read_bytes()
@@ -93,7 +104,11 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
         records.append({"path": path, "label": label, "sha1": sha1, "size": img.size, "bits": dhash_bits(img)})
     if not records:
         raise DataError(f"{raw}: none of the {len(items)} files could be decoded")
+    return records, skipped, exact
 
+
+def near_duplicates_removed(records: list[dict], near_bits: int) -> list[dict]:
+    """One representative per group of near-copies (the smallest hash: deterministic)."""
     roots = near_duplicate_groups(np.stack([r["bits"] for r in records]), near_bits)
     groups: dict[int, list[dict]] = {}
     for r, g in zip(records, roots):
@@ -105,8 +120,12 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
             warn("near-copies filed under different classes, kept " + str(members[0]["path"]) + " only: "
                  + ", ".join(str(m["path"]) for m in members[1:]))
         kept.append(members[0])
-    near = len(records) - len(kept)
+    return kept
 
+
+def write_split(kept: list[dict], classes: list[str], out: Path, val_frac: float, test_frac: float,
+                shorter_side: int) -> list[list]:
+    """The split copy and its MANIFEST.csv, written into a temporary folder renamed onto `out`."""
     tmp = temp_path(out, folder=True)
     try:
         rows = []
@@ -127,11 +146,7 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    counts = {s: sum(1 for r in rows if r[0] == s) for s in ("train", "val", "test")}
-    summary = {"files": len(items), "skipped": skipped, "exact_duplicates": exact,
-               "near_duplicates": near, "kept": len(kept), **counts}
-    print(f"{raw} -> {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-    return summary
+    return rows
 
 
 def get_args_parser() -> argparse.ArgumentParser:

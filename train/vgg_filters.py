@@ -111,17 +111,7 @@ def run(args) -> str:
     model, weights_desc = load_vgg(args.weights)
     random = args.weights == "random"
     tag = " [RANDOM WEIGHTS]" if random else ""
-    paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if args.images \
-        else default_images()
-    imgs, names = [], []
-    for p in paths:
-        try:
-            imgs.append(load_rgb(p, min_side=256))
-            names.append(p.name)
-        except BadImage as e:
-            print(f"warning: skipped {e}")
-    if not imgs:
-        raise DataError(f"no readable images in {args.images or 'the default set'}")
+    imgs, names = read_images(args.images)
     x = torch.cat([vgg_preprocess(im) for im in imgs])
     with torch.no_grad():
         preds = top5(model(x))
@@ -136,6 +126,37 @@ def run(args) -> str:
     chosen = next((i for i, n in enumerate(names) if args.filter_image and args.filter_image in n), 0)
     w = model.features[0].weight.detach()[:3]
     conv, relu = first_layer_responses(model, x[chosen:chosen + 1])
+    plot_filters(w, out / "filters.png", tag)
+    plot_responses(shown[chosen], names[chosen], conv, relu, out / "responses.png", tag)
+    lines = filter_lines(w, conv, relu)
+    report = (f"# VGG16 analysis{tag}\n\nWeights: {weights_desc}.\n\n## Preprocessing\n\n"
+              + "\n".join(f"{i + 1}. {s}" for i, s in enumerate(PREPROCESS_STEPS))
+              + f"\n\n## Top-5 predictions\n\n{markdown_table(rows)}\n![predictions](predictions.png)\n\n"
+              f"## First convolution layer (conv1_1), filters 0-2\n\nMeasured on `{names[chosen]}`:\n\n"
+              + "\n".join(lines) + "\n\n![filters](filters.png)\n![responses](responses.png)\n")
+    save_text(report, out / "report.md")
+    print(report)
+    print(f"wrote {out}/report.md, predictions.png, filters.png, responses.png")
+    return report
+
+
+def read_images(folder: str) -> tuple[list, list[str]]:
+    """The readable images of `folder` (or the default set), each unreadable one named and skipped."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder \
+        else default_images()
+    imgs, names = [], []
+    for p in paths:
+        try:
+            imgs.append(load_rgb(p, min_side=256))
+            names.append(p.name)
+        except BadImage as e:
+            print(f"warning: skipped {e}")
+    if not imgs:
+        raise DataError(f"no readable images in {folder or 'the default set'}")
+    return imgs, names
+
+
+def plot_filters(w: torch.Tensor, path: Path, tag: str) -> None:
     fig, axes = plt.subplots(3, 4, figsize=(9, 7))
     for f in range(3):
         k = w[f]
@@ -149,10 +170,13 @@ def run(args) -> str:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"VGG16 conv1_1, filters 0-2 (3x3x3){tag}")
-    save_figure(fig, out / "filters.png")
+    save_figure(fig, path)
+
+
+def plot_responses(shown, name: str, conv: torch.Tensor, relu: torch.Tensor, path: Path, tag: str) -> None:
     fig, axes = plt.subplots(2, 4, figsize=(13, 6.5))
-    axes[0, 0].imshow(shown[chosen])
-    axes[0, 0].set_title(names[chosen], fontsize=8)
+    axes[0, 0].imshow(shown)
+    axes[0, 0].set_title(name, fontsize=8)
     axes[1, 0].axis("off")
     for f in range(3):
         for r, (resp, label) in enumerate(((conv, "conv (before ReLU)"), (relu, "after ReLU"))):
@@ -162,9 +186,12 @@ def run(args) -> str:
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"first-layer responses on {names[chosen]}{tag}")
-    save_figure(fig, out / "responses.png")
+    fig.suptitle(f"first-layer responses on {name}{tag}")
+    save_figure(fig, path)
 
+
+def filter_lines(w: torch.Tensor, conv: torch.Tensor, relu: torch.Tensor) -> list[str]:
+    """One sentence per filter, computed from its weights and its responses."""
     lines = []
     for f in range(3):
         d = describe_kernel(w[f])
@@ -174,15 +201,8 @@ def run(args) -> str:
                      f"{', colour-opponent (channels of opposite sign)' if d['colour-opponent'] else ''}; "
                      f"{active:.0%} of the image activates it after ReLU (mean response {conv[0, f].mean():.3f}, "
                      f"max {conv[0, f].max():.3f}).")
-    report = (f"# VGG16 analysis{tag}\n\nWeights: {weights_desc}.\n\n## Preprocessing\n\n"
-              + "\n".join(f"{i + 1}. {s}" for i, s in enumerate(PREPROCESS_STEPS))
-              + f"\n\n## Top-5 predictions\n\n{markdown_table(rows)}\n![predictions](predictions.png)\n\n"
-              f"## First convolution layer (conv1_1), filters 0-2\n\nMeasured on `{names[chosen]}`:\n\n"
-              + "\n".join(lines) + "\n\n![filters](filters.png)\n![responses](responses.png)\n")
-    save_text(report, out / "report.md")
-    print(report)
-    print(f"wrote {out}/report.md, predictions.png, filters.png, responses.png")
-    return report
+    return lines
+
 
 
 def main(argv=None) -> None:
