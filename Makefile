@@ -10,22 +10,20 @@ DATA ?= data/dog_emotion
 WEIGHTS ?= weights/dog_emotion.pkl
 RAW ?=
 OUT ?= artifacts/prepared_data
+# prepare-data: 100 images a class in val and in test, the rest train (the shipped layout);
+# SPLIT="--val-frac 0.1 --test-frac 0.1" splits by share instead
+SPLIT ?= --val-count 100 --test-count 100
 ARGS ?=
 NPROC ?= 2
 # The shipped model's recipe; RECIPE=recipes/<name>.toml gives train, train-quick, train-ddp and
 # train-all any other.
 RECIPE ?= recipes/mini14-long.toml
 
-# glibc's malloc hands large freed buffers back to the kernel, and PyTorch asks for them again every
-# step: page faults and system time. Keeping them (buffers up to 32 MB from the heap, no trimming
-# below 2 GB, 256 MB of headroom per heap growth) makes an epoch faster with the same losses
-# (docs/training.md, "Memory allocator", has the measurement). Only glibc reads these.
-export MALLOC_MMAP_THRESHOLD_ ?= 33554432
-export MALLOC_TRIM_THRESHOLD_ ?= 2147483648
-export MALLOC_TOP_PAD_ ?= 268435456
+# glibc's allocator settings that make an epoch faster are applied inside the training command
+# (train.common.keep_freed_memory), so `python -m train.dog_emotion train` runs at the same speed.
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train train-quick train-ddp teacher teachers train-all sizes results demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
+.PHONY: help venv data predict train train-quick train-ddp teacher teachers train-all sizes results demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -92,6 +90,11 @@ sizes: $(STAMP) data ## rows of the size table: two plain teachers, then `small`
 results: $(STAMP) ## docs/results.md's size and run tables and docs/frontier.png, from the run log docs/runs.jsonl
 	$(PY) -m train.results render
 
+FILES ?=
+predict: $(STAMP) ## label and probabilities of FILES (images, folders or quoted globs); ARGS='--out dir' writes annotated copies
+	@test -n "$(FILES)" || { echo "usage: make predict FILES='photo.jpg [folder/ ...]' [ARGS='--out artifacts/predict --json']"; exit 2; }
+	$(PY) -m train.dog_emotion predict $(FILES) --weights $(WEIGHTS) $(ARGS)
+
 evaluate: $(STAMP) data ## accuracy of WEIGHTS on the test split of DATA (last line: JSON)
 	$(PY) -m train.dog_emotion evaluate --data $(DATA) --weights $(WEIGHTS) $(ARGS)
 
@@ -100,7 +103,7 @@ eda: $(STAMP) data ## exploratory analysis of DATA -> artifacts/eda/ (PNGs + sum
 
 prepare-data: $(STAMP) ## RAW=<Kaggle download> -> deduplicated, split copy in OUT (default artifacts/prepared_data)
 	@test -n "$(RAW)" || { echo "usage: make prepare-data RAW=<folder with one subfolder per class> [OUT=...]"; exit 2; }
-	$(PY) -m train.prepare_data --raw $(RAW) --out $(OUT) $(ARGS)
+	$(PY) -m train.prepare_data --raw $(RAW) --out $(OUT) $(SPLIT) $(ARGS)
 
 profile: $(STAMP) ## parameters and MACs per layer of WEIGHTS (thop + FlopCounterMode) -> artifacts/profile/
 	$(PY) -m export.profile --weights $(WEIGHTS) $(ARGS)

@@ -233,6 +233,19 @@ def build_model(config: ModelConfig | str = SHIPPED) -> MobileCNN:
     return MobileCNN(get_config(config) if isinstance(config, str) else config)
 
 
-if __name__ == "__main__":
+def main(argv=None) -> None:
+    """python mobile_model.py: every named config with its parameters as it ships and while training."""
+    import argparse
+    argparse.ArgumentParser(description="The named model configs: parameters as they ship (BatchNorm "
+                            "folded), while training, and MACs per photo. No options.").parse_args(argv)
+    print(f"{'config':8s} {'shipped':>9s} {'training':>9s} {'MACs':>9s}  input  layout")
     for name, cfg in CONFIGS.items():
-        print(f"{name:6s} {count_parameters(build_model(cfg)):>8,d} params  {cfg}")
+        model = build_model(cfg)
+        macs = count_macs(fold(model.eval()))
+        print(f"{name + ('*' if name == SHIPPED else ''):8s} {inference_parameters(model):>9,d} {count_parameters(model):>9,d} "
+              f"{macs / 1e6:>8.2f}M  {cfg.input_size:>4d}px  stem {cfg.stem}, stages {list(cfg.stages)}")
+    print("* the shipped config")
+
+
+if __name__ == "__main__":
+    main()

@@ -47,7 +47,7 @@ def bench_inference(model, export_dir: Path, test, threads_list, quick: bool) ->
     x1 = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     x32 = np.random.default_rng(1).standard_normal((32, 3, size, size)).astype(np.float32)
     warmup, runs, tp_runs = (5, 30, 5) if quick else (50, 500, 40)
-    state_kb = sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 1024
+    state_kb = sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 1000  # kB = 1,000 bytes
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
@@ -58,7 +58,7 @@ def bench_inference(model, export_dir: Path, test, threads_list, quick: bool) ->
             lat = time_calls(lambda: run(x1), warmup, runs) * 1000
             tp = time_calls(lambda: run(x32), max(2, warmup // 5), tp_runs)
             row = {"format": fmt, "threads": threads,
-                   "size_kb": round(path.stat().st_size / 1024 if path else state_kb, 1),
+                   "size_kb": round(path.stat().st_size / 1000 if path else state_kb, 1),
                    "test_acc": round(accuracy(batched_logits(run, test.images, size), test.labels.numpy()), 2),
                    "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
                    "p99_ms": float(np.percentile(lat, 99)), "batch32_img_per_s": float(32 / np.median(tp))}
@@ -78,8 +78,14 @@ def plot(rows: list[dict], path: Path) -> None:
         rs = [r for r in rows if r["threads"] == threads]
         bars = ax.bar([r["format"] for r in rs], [r["p50_ms"] for r in rs],
                       yerr=[[0] * len(rs), [r["p99_ms"] - r["p50_ms"] for r in rs]], capsize=4)
-        ax.bar_label(bars, [f"{r['p50_ms']:.2f} ms\n{r['test_acc']:.1f}%" for r in rs], fontsize=8)
+        ax.bar_label(bars, [f"{r['p50_ms']:.2f} ms\n{r['test_acc']:.1f}%" for r in rs], fontsize=7, padding=2)
         ax.set_ylabel("batch-1 latency p50 (ms), whisker to p99")
-        ax.set_title(f"{threads} thread{'s' if threads > 1 else ''}")
-    fig.suptitle("dog-emotion model: latency and test accuracy per format")
+        ax.set_title(f"{threads} thread{'s' if threads > 1 else ''}", fontsize=10)
+        ax.tick_params(axis="x", labelrotation=35, labelsize=8)
+        for label in ax.get_xticklabels():
+            label.set_ha("right")
+        ax.set_ylim(0, max(r["p99_ms"] for r in rs) * 1.3)   # room for the labels above the bars
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("dog-emotion model: latency and test accuracy per format", y=1.0)
+    fig.tight_layout()
     save_figure(fig, path)

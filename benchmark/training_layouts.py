@@ -21,7 +21,7 @@ from train.data import DataError
 
 BATCH = 64                               # images per step, as in the recipe
 LAYOUTS = ((1, 1), (1, 2), (2, 1))       # (processes, threads per process)
-QUICK = ["--model", "nano", "--input-size", "32"]  # instead of the recipe: a tiny model, no teacher; seconds, for tests
+QUICK = ["--config", "", "--model", "nano", "--input-size", "32"]  # no recipe: a tiny model, no teacher; seconds
 COLUMNS = {"processes": "processes", "threads": "threads per process", "batch_per_process": "batch per process",
            "epochs_timed": "epochs timed", "epoch_s": "epoch, median (s)", "speed_up": "speed-up vs 1 x 1"}
 

@@ -53,6 +53,14 @@ def export_pte(model: torch.nn.Module, path: Path, calib_batches=None) -> list[s
     return left
 
 
+if __name__ == "__main__":  # a library module: `python -m export.export` writes the .pte files
+    import argparse
+    argparse.ArgumentParser(description=__doc__ + "\nRun `python -m export.export` (make export) to write "
+                            "the .pte files; this module has no command of its own.",
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    raise SystemExit("nothing to do here: run `python -m export.export` (make export); --help says more")
+
+
 def _op_name(target) -> str:
     """'aten.flip.default' from an edge operator (its str() also carries the schema)."""
     match = re.search(r"(aten\.[\w.]+)", str(target))

@@ -61,11 +61,13 @@ def export_torchscript(model, tmp: Path) -> list[str]:
     return sorted({str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning, UserWarning))})
 
 
-def metadata(model, ckpt: dict) -> dict[str, str]:
+def metadata(model, ckpt: dict) -> dict:
+    """The record an app reads: plain JSON in the sidecar; in the ONNX file each value is a string
+    (ONNX metadata holds strings only), the lists and objects as JSON text."""
     # the preprocessing this code does now (the weights file's record is from when it was saved)
-    return {"classes": json.dumps(ckpt["classes"]), "preprocess": json.dumps(preprocess_spec(model.config.input_size)),
+    return {"classes": ckpt["classes"], "preprocess": preprocess_spec(model.config.input_size),
             "input_name": "input", "output_name": "logits", "output": "logits (apply softmax for probabilities)",
-            "params": str(ckpt["params"]), "config": json.dumps(model.config.to_dict())}
+            "params": ckpt["params"], "config": model.config.to_dict()}
 
 
 def set_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -77,7 +79,7 @@ def set_metadata(path: Path, meta: dict[str, str]) -> None:
         node.doc_string = ""
     del m.metadata_props[:]
     for k, v in meta.items():
-        m.metadata_props.add(key=k, value=v)
+        m.metadata_props.add(key=k, value=v if isinstance(v, str) else json.dumps(v))
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
 
@@ -165,7 +167,7 @@ def quantize_int8(prepared: Path, tmp: Path, reader: ImageReader, setting: Quant
 def parity_row(fmt: str, path: Path | None, logits: np.ndarray, eager: np.ndarray, labels: np.ndarray) -> dict:
     """One row of the parity table; `path` is the file as written (under its temporary name)."""
     return {"format": fmt, "file": FORMATS[fmt] if path else "-",
-            "size (kB)": round(path.stat().st_size / 1024, 1) if path else "-",
+            "size (kB)": round(path.stat().st_size / 1000, 1) if path else "-",  # kB = 1,000 bytes everywhere
             "max abs logit diff": float(np.abs(logits - eager).max()),
             "top-1 agreement (%)": round(accuracy(logits, eager.argmax(1)), 2),
             "accuracy (%)": round(accuracy(logits, labels), 2)}

@@ -185,3 +185,22 @@ def test_prepare_data_is_deterministic_and_leak_free(tmp_path):
     assert all(min(Image.open(f).size) <= 64 and Image.open(f).mode == "RGB" for f in files)
     with pytest.raises(DataError, match="already exists"):
         prepare(raw, tmp_path / "a", 0.2, 0.2, 20, 64)
+
+
+def test_prepare_data_reproduces_a_per_class_layout_and_never_touches_the_raw_folder(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_raw(raw)
+    s = prepare(raw, tmp_path / "counts", 0.1, 0.1, 20, 64, val_count=2, test_count=3)
+    assert (s["test"], s["val"], s["train"]) == (3 * 4, 2 * 4, 7 * 4)   # 12 clean images a class
+    for c in CLASSES:
+        assert len(list((tmp_path / "counts" / "test" / c).iterdir())) == 3
+    assert "split per class: test 3, val 2, the rest train" in capsys.readouterr().out
+    with pytest.raises(DataError, match="not more than --val-count 6 \\+ --test-count 6"):
+        prepare(raw, tmp_path / "too_many", 0.1, 0.1, 20, 64, val_count=6, test_count=6)
+    before = sorted(p.relative_to(raw) for p in raw.rglob("*"))
+    for out in (raw, raw / "sad", raw / "split"):                 # the raw folder or inside it
+        with pytest.raises(DataError, match="inside the raw folder"):
+            prepare(raw, out, 0.1, 0.1, 20, 64, force=True)
+    with pytest.raises(DataError, match="holds the raw folder"):
+        prepare(raw, tmp_path, 0.1, 0.1, 20, 64, force=True)
+    assert sorted(p.relative_to(raw) for p in raw.rglob("*")) == before

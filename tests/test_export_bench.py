@@ -1,5 +1,9 @@
+import ast
 import copy
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -12,7 +16,8 @@ from export.profile import profile
 from export.runtimes import FORMATS, make_runner
 from mobile_model import build_model, count_parameters
 from train.checkpoint import load_for_export, load_weights
-from train.common import SHIPPED_WEIGHTS
+from train import dog_emotion
+from train.common import REPO_ROOT, SHIPPED_WEIGHTS
 from train.data import DataError, preprocess_spec
 
 
@@ -50,7 +55,9 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     assert json.loads(meta["preprocess"])["center_crop_2"] == size
     assert json.loads(meta["preprocess"]) == preprocess_spec(size)
     # the .pte files carry no metadata: the sidecar holds the same record as the ONNX file
-    assert json.loads((out / exporter.METADATA_SIDECAR).read_text()) == meta
+    sidecar = json.loads((out / exporter.METADATA_SIDECAR).read_text())   # plain JSON: lists and objects
+    assert {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar.items()} == meta
+    assert sidecar["classes"] == ckpt["classes"] and sidecar["params"] == ckpt["params"]
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
 
 
@@ -193,7 +200,7 @@ def test_export_without_flip_averaging(nano_weights, split_root, tmp_path):
     # no mirror image in any program: nothing of it left for portable kernels
     assert "aten.flip.default" not in info["pte_ops_outside_xnnpack"]["fp32"]
     meta = json.loads((tmp_path / "out" / exporter.METADATA_SIDECAR).read_text())
-    assert json.loads(meta["config"])["flip_average"] is False
+    assert meta["config"]["flip_average"] is False
     # every FP32 file computes the single pass, not the shipped flip average
     single, _ = load_for_export(str(nano_weights), flip_average=False)
     averaged, _ = load_weights(nano_weights)
@@ -202,3 +209,28 @@ def test_export_without_flip_averaging(nano_weights, split_root, tmp_path):
     assert np.abs(ref - make_runner("eager", model=averaged)(x)).max() > 1e-3
     for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
         np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt])(x), ref, atol=1e-4)
+
+
+def readme_snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.mark.slow
+def test_the_readme_snippets_run_as_written_and_agree_with_predict(exported, real_data, tmp_path):
+    out, _, _ = exported
+    photo = sorted((real_data / "test" / "sad").iterdir())[0]
+    snippets = readme_snippets()
+    assert len(snippets) == 2, "README has the Python and the onnxruntime snippet"
+    printed = []
+    for code in snippets:
+        code = code.replace("photo.jpg", str(photo)).replace("artifacts/export/", f"{out}/")
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        printed.append(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+    ref = dog_emotion_predict(photo)
+    for probs in printed:
+        assert list(probs) == list(ref) and max(abs(probs[c] - ref[c]) for c in ref) < 2e-3, (probs, ref)
+
+
+def dog_emotion_predict(photo) -> dict:
+    return dog_emotion.cmd_predict(dog_emotion.parse_args(["predict", str(photo)]))[0]["probabilities"]

@@ -11,16 +11,17 @@ from train.common import REPO_ROOT, SHIPPED_RECIPE, SHIPPED_WEIGHTS
 from train.recipes import read_recipe
 
 README = (REPO_ROOT / "README.md").read_text()
-SHIPPED_LINE = re.search(r"Shipped model: `(\w+)`.*?\*\*([\d,]+) parameters\*\*.*?test accuracy \*\*([\d.]+)%\*\*", README, re.S)
+SHIPPED_LINE = re.search(r"\| parameters \(as it ships, BatchNorm folded\) \| ([\d,]+) \(`(\w+)`\).*?"
+                         r"\| test accuracy, the shipped file \| ([\d.]+)%", README, re.S)
 
 
 def test_readme_states_the_shipped_model():
-    assert SHIPPED_LINE, "README must have the line 'Shipped model: `name` ... **N parameters** ... test accuracy **X%**'"
-    assert SHIPPED_LINE.group(1) == SHIPPED
+    assert SHIPPED_LINE, "README's table must have the rows 'parameters (as it ships, ...) | N (`name`)' and 'test accuracy, the shipped file | X%'"
+    assert SHIPPED_LINE.group(2) == SHIPPED
 
 
 def test_parameter_count_matches_readme_and_weights_file():
-    stated = int(SHIPPED_LINE.group(2).replace(",", ""))
+    stated = int(SHIPPED_LINE.group(1).replace(",", ""))
     assert inference_parameters(build_model(SHIPPED)) == stated
     loaded, ckpt = load_weights(SHIPPED_WEIGHTS)
     assert loaded.config.folded, "the shipped file holds the folded inference form"
@@ -35,6 +36,12 @@ def test_the_shipped_recipe_trains_the_shipped_model_and_make_train_uses_it():
     assert read_recipe(SHIPPED_RECIPE)["model"][0] == SHIPPED
     makefile_default = re.search(r"^RECIPE \?= (\S+)$", (REPO_ROOT / "Makefile").read_text(), re.M)
     assert makefile_default and makefile_default.group(1) == SHIPPED_RECIPE.relative_to(REPO_ROOT).as_posix()
+    # the command's own defaults are the shipped recipe, so `python -m train.dog_emotion train` is `make train`
+    default = vars(dog_emotion.parse_args(["train"]))
+    explicit = vars(dog_emotion.parse_args(["train", "--config", str(SHIPPED_RECIPE)]))
+    assert {k: v for k, v in default.items() if k != "config"} == {k: v for k, v in explicit.items() if k != "config"}
+    assert default["epochs"] == 300 and default["teacher"] == ["weights/teacher_large.pkl"] and default["threads"] == 0
+    assert dog_emotion.parse_args(["train", "--config", ""]).teacher == []    # '' is no recipe at all
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

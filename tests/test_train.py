@@ -9,7 +9,7 @@ from train import dog_emotion
 from train.checkpoint import CheckpointError, load_weights, save_weights
 from train.data import DataError
 
-TINY = ["--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1", "--threads", "1"]
+TINY = ["--config", "", "--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1", "--threads", "1"]
 
 
 def run_train(root, out, *extra):

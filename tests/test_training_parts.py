@@ -122,7 +122,7 @@ def test_device_auto_is_the_cpu_here_and_missing_devices_are_refused(monkeypatch
 def test_amp_is_refused_off_cuda(tmp_path):
     from train import dog_emotion
     with pytest.raises(SystemExit, match="bf16 autocast.*for CUDA"):
-        dog_emotion.main(["train", "--data", str(tmp_path), "--device", "cpu", "--amp"])
+        dog_emotion.main(["train", "--config", "", "--data", str(tmp_path), "--device", "cpu", "--amp"])
 
 
 @pytest.mark.parametrize("name", ["phone", "nano"])

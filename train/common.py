@@ -3,6 +3,8 @@ paths, seeding, threads, the error boundary, temporary files and atomic writes, 
 accuracy, tables."""
 from __future__ import annotations
 
+import argparse
+import ctypes
 import json
 import os
 import platform
@@ -56,12 +58,51 @@ def command_errors():
         raise CommandFailed(message) from None
 
 
+def fraction(text: str) -> float:
+    """argparse type for shares and probabilities: a float in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def at_least(low: int):
+    """argparse type: an integer of at least `low`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is less than {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed every global RNG and return a private generator seeded alike (e.g. for the data order)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": (-3, 32 << 20), "MALLOC_TRIM_THRESHOLD_": (-1, (1 << 31) - 1),
+                   "MALLOC_TOP_PAD_": (-2, 256 << 20)}   # env name: (mallopt parameter, value)
+
+
+def keep_freed_memory() -> bool:
+    """The Makefile's glibc allocator settings, from inside the process where the environment did
+    not set them: glibc otherwise hands large freed buffers back to the kernel and PyTorch asks
+    for them again every step (page faults; docs/training.md, "Memory allocator"). Same results;
+    glibc on Linux only. True when they are in effect."""
+    if any(name in os.environ for name in MALLOC_SETTINGS):
+        return True
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.values())
 
 
 def set_threads(threads: int | None) -> int:
@@ -132,6 +173,11 @@ def accuracy(scores, labels) -> float:
         return float("nan")
     pred = scores.argmax(1) if scores.ndim == 2 else scores
     return 100.0 * float((pred == labels).sum()) / len(labels)
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    """An accuracy for people: 'n/a' where there was nothing to measure (a class with no images)."""
+    return "n/a" if value is None else f"{value:.{digits}f}%"
 
 
 def save_torch(obj, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ crop S, centre crop the model's input size, normalise); evaluation, prediction a
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import math
 import os
@@ -94,6 +95,25 @@ def list_images(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
             warn(f"{cdir}: class folder is empty")
         items += [(p, label) for p in images]
     return items
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; folders searched recursively for image files; glob patterns ('**' included)
+    expanded. Folders and patterns give their images in sorted order; nothing is listed twice."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not p.name.startswith("."))
+        elif not path.exists() and any(c in item for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            found += [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not matches:
+                raise DataError(f"{item}: no file matches this pattern")
+        else:
+            found.append(path)  # a file, or a missing one that load_rgb will name
+    return list(dict.fromkeys(found))
 
 
 # ---------------------------------------------------------------- decoding

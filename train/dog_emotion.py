@@ -21,11 +21,12 @@ import torch
 from mobile_model import count_parameters
 from train import engine, runlog
 from train.checkpoint import load_weights
-from train.common import ARTIFACTS, SHIPPED_WEIGHTS, command_errors, markdown_table, resolve_device
-from train.data import (DEFAULT_DATA, BadImage, DataError, check_data_root, class_names, is_split_root, load_folder,
-                        load_input, storage_size)
+from train.common import (ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, command_errors, markdown_table, percent, progress,
+                          resolve_device)
+from train.data import (DEFAULT_DATA, BadImage, DataError, check_data_root, class_names, expand_inputs, is_split_root,
+                        load_folder, load_rgb, preprocess, storage_size)
 from train.distributed import teardown
-from train.plots import plot_runs
+from train.plots import plot_prediction, plot_runs
 from train.recipes import add_train_options, recipe_defaults
 
 
@@ -45,10 +46,10 @@ def cmd_evaluate(args) -> dict:
     print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped" + (" (named above)" if split.skipped else ""))
     print(f"  accuracy {r['acc']:.2f}% (95% interval {lo:.1f}-{hi:.1f}%)")
     for c, a in r["per_class"].items():
-        print(f"  {c:8s} {a:5.1f}%")
+        print(f"  {c:8s} {percent(a):>6s}")
     result = {"accuracy": round(r["acc"], 2), "ci95": [round(lo, 2), round(hi, 2)], "n": r["n"],
               "params": count_parameters(model),
-              "skipped": len(split.skipped), "per_class": {c: round(a, 2) for c, a in r["per_class"].items()},
+              "skipped": len(split.skipped), "per_class": {c: None if a is None else round(a, 2) for c, a in r["per_class"].items()},
               "weights": str(args.weights), "data": str(folder)}
     print(json.dumps(result))
     return result
@@ -56,29 +57,35 @@ def cmd_evaluate(args) -> dict:
 
 @torch.no_grad()
 def cmd_predict(args) -> list[dict]:
-    """Label and class probabilities of every file that can be read; each one that cannot is named.
-    Exits non-zero when any failed. --json: one object per line and file, the keys the browser demo uses."""
+    """Label and class probabilities of every image given (files, folders, glob patterns); each one
+    that cannot be read is named. Exits non-zero when any failed. --json: one object per line and
+    file, the keys the browser demo uses; --out: an annotated copy of each photo."""
     model, ckpt = load_weights(args.weights)
     device = resolve_device(args.device)
     model.to(device)
+    paths = expand_inputs(args.images)
+    if not paths:
+        raise DataError(f"{', '.join(args.images)}: no image files found")
     results, failed = [], 0
-    for path in args.images:
+    for path in progress(paths, desc="predict", unit="img"):
         try:
-            x = load_input(path, model.config.input_size)
+            img = load_rgb(path, min_side=storage_size(model.config.input_size))
         except BadImage as e:
             failed += 1
             row = {"file": str(path), "error": str(e)}
             print(json.dumps(row) if args.json else f"error: {e}", file=sys.stdout if args.json else sys.stderr)
             results.append(row)
             continue
-        probs = model(x.to(device)).softmax(1)[0].cpu()
+        probs = model(preprocess(img, model.config.input_size).to(device)).softmax(1)[0].cpu()
         row = {"file": str(path), "label": ckpt["classes"][probs.argmax().item()],
                "probabilities": {c: round(p.item(), 4) for c, p in zip(ckpt["classes"], probs)}}
         print(json.dumps(row) if args.json else
               f"{path}: {row['label']}  " + "  ".join(f"{c} {p:.3f}" for c, p in row["probabilities"].items()))
+        if args.out:
+            row["annotated"] = str(plot_prediction(img, row, Path(args.out) / f"{len(results):04d}_{path.stem}.png"))
         results.append(row)
     if failed:
-        raise DataError(f"{failed} of {len(args.images)} images could not be read")
+        raise DataError(f"{failed} of {len(paths)} images could not be read")
     return results
 
 
@@ -129,9 +136,11 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
             s.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to use when --data is a split root (default: %(default)s)")
             s.add_argument("--cache-dir", default="", help="decoded-image cache folder (default: no cache)")
         else:
-            s.add_argument("images", nargs="+", help="image files")
+            s.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
             s.add_argument("--json", action="store_true", help='one JSON object per line and file: {"file", "label", '
                                                                '"probabilities"} or {"file", "error"}')
+            s.add_argument("--out", default="", help="folder for an annotated copy of each photo (label and "
+                                                     "probability bars; default: none)")
     c = sub.add_parser("compare", help="val curves of several training runs in one figure, and their best epochs")
     c.add_argument("runs", nargs="+", help="run folders (the --out of `train`), finished or not")
     c.add_argument("--out", default=str(ARTIFACTS / "compare.png"), help="figure to write (default: %(default)s)")
@@ -142,10 +151,11 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
 
 
 def config_path(argv: list[str]) -> str:
-    """--config of a `train` command line, read before the whole line is parsed (as timm does), so
-    that the recipe's values can become the defaults that the rest of the line overrides."""
+    """--config of a `train` command line (the shipped recipe unless told; '' for none), read before
+    the whole line is parsed (as timm does), so that the recipe's values become the defaults that
+    the rest of the line overrides."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default="")
+    pre.add_argument("--config", default=str(SHIPPED_RECIPE))
     known, _ = pre.parse_known_args(argv)
     return known.config if argv[:1] == ["train"] else ""
 

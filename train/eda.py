@@ -93,7 +93,7 @@ def plot_samples(ref, classes: list[str], out: Path, per_class: int = 8) -> None
         idx = (ref.labels == k).nonzero().flatten()[:per_class]
         images += [ref.images[i].permute(1, 2, 0).numpy() for i in idx]
         titles += [name] * len(idx)
-    image_grid(images, titles, out / "samples.png", cols=per_class, title="samples per class")
+    image_grid(images, titles, out / "samples.png", cols=per_class, title="samples per class", cell=1.6, dpi=80)
 
 
 def run(root: Path, out: Path) -> str:

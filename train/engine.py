@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mobile_model import build_model, count_parameters, get_config, inference_parameters
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
-from train.common import (accuracy, markdown_table, progress, save_json, save_text, save_torch, seed_everything,
+from train.common import (accuracy, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
                           set_threads)
 from train.data import DataError, augment_batch, eval_batches, iterate_batches, load_splits, mix_batch, storage_size
 from train.distributed import Processes, barrier, gather, setup, sum_over_ranks
@@ -184,7 +184,7 @@ def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
     k = len(split.classes)
     cm = torch.zeros(k, k, dtype=torch.long)
     cm.index_put_((split.labels, pred), torch.ones_like(pred), accumulate=True)
-    per_class = {c: (100 * cm[i, i].item() / cm[i].sum().item()) if cm[i].sum() else float("nan")
+    per_class = {c: (100 * cm[i, i].item() / cm[i].sum().item()) if cm[i].sum() else None  # None: no images
                  for i, c in enumerate(split.classes)}
     return {"loss": F.cross_entropy(logits, split.labels, label_smoothing=label_smoothing).item(),
             "acc": accuracy(pred, split.labels), "correct": int((pred == split.labels).sum()), "n": len(split),
@@ -252,7 +252,7 @@ def load_teachers(args, classes: list[str], device: torch.device, log) -> list:
         if tckpt["classes"] != classes:
             raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']}; the student needs {classes}")
         log(f"distilling from {path} ({count_parameters(teacher):,} params, "
-            f"val {tckpt['metrics'].get('val_acc', float('nan')):.1f}%)")
+            f"val {percent(tckpt['metrics'].get('val_acc'))})")
         if args.teacher_no_flip:
             teacher.config = replace(teacher.config, flip_average=False)
         # forward only: channels_last_trainable's fault (a weight gradient) cannot hit a teacher
@@ -334,6 +334,7 @@ def fit(args) -> dict:
     """Train from scratch (or --resume), as one process or as one rank of a torchrun job: every rank
     trains on its shard of each batch; rank 0 alone evaluates, prints and writes files."""
     set_threads(args.threads)
+    keep_freed_memory()
     procs = setup(args.device)
     if args.amp and procs.device.type != "cuda":
         raise DataError(f"--amp (bf16 autocast) is for CUDA devices; this run is on {procs.device}")
@@ -409,13 +410,13 @@ def finish(out: Path, run: Run, data: dict, args, processes: int = 1) -> dict:
           f"val {metrics['val_acc']:.2f}%  test " + (f"{test['acc']:.2f}%" if test else "not read (--no-test)")
           + f"  params {metrics['params']:,}  time {metrics['train_minutes']:.1f} min")
     for c, a in (test.get("per_class") or {}).items():
-        print(f"  test {c:8s} {a:5.1f}%")
+        print(f"  test {c:8s} {percent(a):>6s}")
     print(f"wrote {out}/dog_emotion.pkl, metrics.json, summary.md, curves.png" + (", confusion_test.png" if test else ""))
     return metrics
 
 
 def summary_text(metrics: dict, args, test: dict) -> str:
-    per_class = [{"class": c, "test accuracy (%)": round(a, 1)} for c, a in (test.get("per_class") or {}).items()]
+    per_class = [{"class": c, "test accuracy": percent(a)} for c, a in (test.get("per_class") or {}).items()]
     return (f"# Dog-emotion training run: `{args.model}`\n\n"
             f"- parameters: {metrics['params']:,} as shipped (folded), {metrics['train_params']:,} while training\n"
             f"- input: {metrics['config']['input_size']} px\n"

@@ -190,10 +190,12 @@ def cmd_train(args) -> dict:
         print(f"init {init:6s}: final test acc {history[-1]['test_acc']:.2f}%  train loss {history[-1]['train_loss']:.4f}")
     best = max(runs, key=lambda k: runs[k]["history"][-1]["test_acc"])
     chosen = args.init or best
-    h = runs[chosen]["history"]
     save_torch({k: v.clone() for k, v in runs[chosen]["params"].items()}, out / "mnist_weights.pkl")
-    plot_curves(h, out / "curves.png", f"784-128-10 from scratch, init {chosen}, lr {args.lr} ({data.source})",
-                splits=("train", "test"))
+    both = [{"epoch": a["epoch"], **{f"{init} {split}_{m}": e[f"{split}_{m}"] for init, e in (("randn", a), ("xavier", b))
+                                     for split in ("train", "test") for m in ("loss", "acc")}}
+            for a, b in zip(runs["randn"]["history"], runs["xavier"]["history"])]
+    plot_curves(both, out / "curves.png", f"784-128-10 from scratch, randn vs xavier init, lr {args.lr} ({data.source})",
+                splits=("randn train", "randn test", "xavier train", "xavier test"))
     metrics = {"data": data.source, "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
                "seed": args.seed, "chosen_init": chosen, "better_init": best,
                "final_test_acc": {k: r["history"][-1]["test_acc"] for k, r in runs.items()},
@@ -251,7 +253,9 @@ def cmd_sweep(args) -> list[dict]:
         losses = [e["train_loss"] for e in h]
         rises = [b - a for a, b in zip(losses, losses[1:]) if b > a]
         reached = [e["epoch"] for e in h if e["test_acc"] >= args.threshold]
-        diverged = not all(math.isfinite(v) for v in losses) or losses[-1] > losses[0]
+        # diverged: the loss blew up, or it ends above twice ln(10), the loss of a uniform guess over
+        # 10 digits: confidently wrong, not merely unlearned (a run that never learns stays near ln(10))
+        diverged = not all(math.isfinite(v) for v in losses) or losses[-1] > 2 * math.log(10)
         results.append({"lr": lr, "epochs": len(h), "final_test_acc": h[-1]["test_acc"],
                         "best_test_acc": max(e["test_acc"] for e in h), "final_train_loss": losses[-1],
                         "epochs_to_threshold": reached[0] if reached else None, "loss_increases": len(rises),
@@ -265,11 +269,12 @@ def cmd_sweep(args) -> list[dict]:
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="learning rate")  # beside the data
     fig.suptitle(f"learning-rate study, init {args.init}, batch {args.batch_size} ({data.source})")
     save_figure(fig, out / "lr_sweep.png")
     cols = ["lr", "final_test_acc", "best_test_acc", "final_train_loss", "epochs_to_threshold", "loss_increases", "diverged"]
-    table = markdown_table([{c: r[c] for c in cols} for r in results])
+    table = markdown_table([{c: ("never" if r[c] is None else "yes" if r[c] is True else "no" if r[c] is False else r[c])
+                             for c in cols} for r in results])
     text = (f"# Learning-rate study\n\nData: {data.source}; {args.epochs} epochs, batch {args.batch_size}, init "
             f"{args.init}, seed {args.seed}. Threshold for 'epochs to reach': {args.threshold:.0f}% test accuracy.\n\n"
             f"{table}\n{discuss(results, args.threshold)}\n\n![sweep](lr_sweep.png)\n")

@@ -55,7 +55,7 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: str | Path, tit
 
 
 def image_grid(images: list, titles: list[str], path: str | Path, cols: int, title: str,
-               cell: float = 2.2) -> Path:
+               cell: float = 2.2, dpi: int = 120) -> Path:
     """Images (HxWx3 uint8 arrays or PIL images) in a grid with a caption under each."""
     rows = max(1, -(-len(images) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * (cell + 0.4)), squeeze=False)
@@ -65,7 +65,7 @@ def image_grid(images: list, titles: list[str], path: str | Path, cols: int, tit
         ax.imshow(img)
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi)
 
 
 def plot_runs(runs: dict[str, list[dict]], path: str | Path, title: str, window: int = 9) -> Path:
@@ -114,4 +114,25 @@ def plot_frontier(points: list[dict], path: str | Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("accuracy against size, one point per recipe (docs/runs.jsonl)")
+    return save_figure(fig, path)
+
+
+def plot_prediction(img, row: dict, path: str | Path) -> Path:
+    """The photo with its label, and one bar per class probability beside it."""
+    classes, probs = list(row["probabilities"]), list(row["probabilities"].values())
+    fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(7, 3.2), gridspec_kw={"width_ratios": [1.2, 1]})
+    thumb = img.copy()
+    thumb.thumbnail((512, 512))
+    ax_img.imshow(thumb)
+    ax_img.axis("off")
+    ax_img.set_title(f"{row['label']} ({max(probs):.0%})", fontsize=12)
+    colors = ["C1" if c == row["label"] else "C0" for c in classes]
+    ax_bar.barh(classes, probs, color=colors)
+    ax_bar.set_xlim(0, 1.15)
+    ax_bar.invert_yaxis()
+    for y, p in enumerate(probs):
+        ax_bar.text(p + 0.02, y, f"{p:.2f}", va="center", fontsize=9)
+    ax_bar.set_xlabel("probability")
+    ax_bar.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
     return save_figure(fig, path)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from train.common import command_errors, progress, temp_path, warn
+from train.common import at_least, command_errors, fraction, progress, temp_path, warn
 from train.data import BadImage, DataError, check_data_root, class_names, list_images, load_rgb
 
 
@@ -59,6 +59,24 @@ def split_of(sha1: str, val_frac: float, test_frac: float) -> str:
     return "test" if u < test_frac else "val" if u < test_frac + val_frac else "train"
 
 
+def assign_splits(kept: list[dict], classes: list[str], val_frac: float, test_frac: float,
+                  val_count: int, test_count: int) -> dict[str, str]:
+    """sha1 -> split. With counts: per class in SHA-1 order, the first test_count images to test,
+    the next val_count to val, the rest to train (the shipped data's layout: 100 and 100). Without:
+    each image's SHA-1 places it, so the shares are the fractions only on average."""
+    if not (val_count or test_count):
+        return {r["sha1"]: split_of(r["sha1"], val_frac, test_frac) for r in kept}
+    splits = {}
+    for label, name in enumerate(classes):
+        members = sorted(r["sha1"] for r in kept if r["label"] == label)
+        if len(members) <= val_count + test_count:
+            raise DataError(f"class '{name}': {len(members)} images after cleaning, not more than "
+                            f"--val-count {val_count} + --test-count {test_count}")
+        for i, sha1 in enumerate(members):
+            splits[sha1] = "test" if i < test_count else "val" if i < test_count + val_count else "train"
+    return splits
+
+
 def downscale(img: Image.Image, shorter_side: int) -> Image.Image:
     if not shorter_side or min(img.size) <= shorter_side:
         return img  # never upscale
@@ -67,8 +85,12 @@ def downscale(img: Image.Image, shorter_side: int) -> Image.Image:
 
 
 def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: int,
-            shorter_side: int, force: bool = False) -> dict:
+            shorter_side: int, force: bool = False, val_count: int = 0, test_count: int = 0) -> dict:
     raw = check_data_root(raw)
+    if out.resolve() == raw.resolve() or out.resolve().is_relative_to(raw.resolve()):
+        raise DataError(f"{out}: is inside the raw folder {raw}; write the split copy elsewhere (nothing was changed)")
+    if raw.resolve().is_relative_to(out.resolve()):
+        raise DataError(f"{out}: holds the raw folder {raw}; --force would delete it (nothing was changed)")
     if out.exists() and any(out.iterdir()) and not force:
         raise DataError(f"{out}: already exists and is not empty (use --force to replace it)")
     classes = class_names(raw)
@@ -77,11 +99,14 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
         raise DataError(f"{raw}: no images in the class folders {classes}")
     records, skipped, exact = decode_unique(items, raw)
     kept = near_duplicates_removed(records, near_bits)
-    rows = write_split(kept, classes, out, val_frac, test_frac, shorter_side)
+    splits = assign_splits(kept, classes, val_frac, test_frac, val_count, test_count)
+    rows = write_split(kept, classes, out, splits, shorter_side)
     counts = {s: sum(1 for r in rows if r[0] == s) for s in ("train", "val", "test")}
     summary = {"files": len(items), "skipped": skipped, "exact_duplicates": exact,
                "near_duplicates": len(records) - len(kept), "kept": len(kept), **counts}
-    print(f"{raw} -> {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    how = (f"per class: test {test_count}, val {val_count}, the rest train" if val_count or test_count
+           else f"by SHA-1 fraction: test {test_frac:g}, val {val_frac:g}")
+    print(f"{raw} -> {out} (split {how}): " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     return summary
 
 
@@ -123,14 +148,13 @@ def near_duplicates_removed(records: list[dict], near_bits: int) -> list[dict]:
     return kept
 
 
-def write_split(kept: list[dict], classes: list[str], out: Path, val_frac: float, test_frac: float,
-                shorter_side: int) -> list[list]:
+def write_split(kept: list[dict], classes: list[str], out: Path, splits: dict[str, str], shorter_side: int) -> list[list]:
     """The split copy and its MANIFEST.csv, written into a temporary folder renamed onto `out`."""
     tmp = temp_path(out, folder=True)
     try:
         rows = []
         for r in progress(sorted(kept, key=lambda r: r["sha1"]), desc="write", unit="img"):
-            split = split_of(r["sha1"], val_frac, test_frac)
+            split = splits[r["sha1"]]
             name = f"{r['sha1'][:16]}.jpg"
             dest = tmp / split / classes[r["label"]] / name
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -153,10 +177,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--raw", required=True, help="raw download: one subfolder per class")
     p.add_argument("--out", required=True, help="output split root (created)")
-    p.add_argument("--val-frac", type=float, default=0.1, help="share of images in val (default: %(default)s)")
-    p.add_argument("--test-frac", type=float, default=0.1, help="share of images in test (default: %(default)s)")
-    p.add_argument("--near-bits", type=int, default=20, help="max differing bits of 256 for near-copies (default: %(default)s)")
-    p.add_argument("--shorter-side", type=int, default=128, help="downscale so the shorter side is at most this, 0 = keep (default: %(default)s)")
+    p.add_argument("--val-frac", type=fraction, default=0.1, help="share of images in val, by SHA-1 (default: %(default)s)")
+    p.add_argument("--test-frac", type=fraction, default=0.1, help="share of images in test, by SHA-1 (default: %(default)s)")
+    p.add_argument("--val-count", type=at_least(0), default=0, help="images per class in val instead of a share; "
+                                                                   "100 with --test-count 100 is the shipped layout (default: off)")
+    p.add_argument("--test-count", type=at_least(0), default=0, help="images per class in test instead of a share (default: off)")
+    p.add_argument("--near-bits", type=at_least(0), default=20, help="max differing bits of 256 for near-copies (default: %(default)s)")
+    p.add_argument("--shorter-side", type=at_least(0), default=128, help="downscale so the shorter side is at most this, 0 = keep (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     return p
 
@@ -164,8 +191,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     with command_errors():
+        if args.val_frac + args.test_frac >= 1:
+            raise DataError(f"--val-frac {args.val_frac} + --test-frac {args.test_frac}: nothing would be left to train on")
         prepare(Path(args.raw), Path(args.out), args.val_frac, args.test_frac, args.near_bits,
-                args.shorter_side, args.force)
+                args.shorter_side, args.force, args.val_count, args.test_count)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 
 from mobile_model import CONFIGS, SHIPPED
-from train.common import ARTIFACTS, ProjectError
+from train.common import ARTIFACTS, REPO_ROOT, SHIPPED_RECIPE, ProjectError, fraction
 from train.data import DEFAULT_DATA
 
 # Options that are not part of a recipe (how this invocation was asked), and those that change
@@ -95,19 +95,11 @@ def recipe_defaults(path: str | Path, options_parser: argparse.ArgumentParser) -
 
 # ---------------------------------------------------------------- the options a recipe can set
 
-def fraction(text: str) -> float:
-    """argparse type for shares and probabilities: a float in [0, 1]."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
-
-
 def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Every option of `train`: the subcommand's and the parser that checks a recipe's values."""
-    t.add_argument("--config", default="", help="TOML recipe (recipes/*.toml) whose values become the defaults; "
-                                                 "`extends = \"other.toml\"` in it builds on another recipe; "
-                                                 "options given on the command line win (default: none)")
+    t.add_argument("--config", default=str(SHIPPED_RECIPE.relative_to(REPO_ROOT)),
+                   help="TOML recipe (recipes/*.toml) whose values become the defaults; options given on the "
+                        "command line win; '' for none, the bare defaults below (default: %(default)s, the shipped model's)")
     t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
     t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
     t.add_argument("--input-size", type=int, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")

@@ -102,7 +102,11 @@ def describe_kernel(k: torch.Tensor) -> dict:
         orientation = "no dominant orientation (blob/colour detector)"
     else:
         angle = np.degrees(np.arctan2(gy, gx)) % 180
-        orientation = f"gradient at {angle:.0f} deg: responds to {'vertical' if abs(gx) >= abs(gy) else 'horizontal'} edges"
+        # an edge runs across its gradient: gradient near 0/180 deg -> vertical edges, near 90 -> horizontal,
+        # anything else (more than 22.5 deg from both) -> diagonal edges
+        kind = ("vertical" if min(angle, 180 - angle) <= 22.5 else "horizontal" if abs(angle - 90) <= 22.5
+                else f"diagonal (about {(angle + 90) % 180:.0f} deg)")
+        orientation = f"gradient at {angle:.0f} deg: responds to {kind} edges"
     return {"orientation": orientation, "colour share": colour, "colour-opponent": opponent,
             "mean weight": round(float(lum.mean()), 3)}
 
@@ -164,8 +168,10 @@ def plot_filters(w: torch.Tensor, path: Path, tag: str) -> None:
         axes[f, 0].set_title(f"filter {f} as RGB", fontsize=8)
         lim = k.abs().max().item()
         for c in range(3):
-            axes[f, c + 1].imshow(k[c].numpy(), cmap="coolwarm", vmin=-lim, vmax=lim)
+            # signed weights: a diverging map centred on 0 (white), with its scale beside each row
+            im = axes[f, c + 1].imshow(k[c].numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
             axes[f, c + 1].set_title(f"filter {f}, {'RGB'[c]} channel", fontsize=8)
+        fig.colorbar(im, ax=axes[f, 1:].tolist(), fraction=0.046, label="weight")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -21,8 +21,7 @@ function show(outcome) {
 
 async function loadMetadata() {
   const raw = await (await fetch(METADATA)).json();
-  return { classes: JSON.parse(raw.classes), preprocess: JSON.parse(raw.preprocess),
-           input: raw.input_name, output: raw.output_name };
+  return { classes: raw.classes, preprocess: raw.preprocess, input: raw.input_name, output: raw.output_name };
 }
 
 async function session(key) {
