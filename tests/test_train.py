@@ -150,6 +150,10 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
         result = json.loads(last)
         assert result["n"] == 16 and 0 <= result["accuracy"] <= 100 and result["params"] == params
         assert result["ci95"][0] <= result["accuracy"] <= result["ci95"][1]
+    # several weights: each one's accuracy and their ensemble's (the same model twice: the same answers)
+    dog_emotion.main(["evaluate", "--data", str(split_root), "--weights", weights, weights])
+    ensemble = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ensemble["accuracy"] == result["accuracy"] and ensemble["params"] == 2 * params
     images = sorted((split_root / "test" / "sad").iterdir())[:2]
     rows = dog_emotion.cmd_predict(dog_emotion.parse_args(
         ["predict", *map(str, images), "--weights", weights]))
@@ -158,6 +162,14 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
     with pytest.raises(SystemExit, match="1 of 2 images could not be read"):
         dog_emotion.main(["predict", str(images[0]), str(tmp_path / "missing.jpg"), "--weights", weights])
     assert "missing.jpg: file not found" in capsys.readouterr().err
+    # folders (recursively) and glob patterns, in a stable order; --out writes an annotated copy of each
+    rows = dog_emotion.cmd_predict(dog_emotion.parse_args(["predict", str(split_root / "test" / "sad"), str(split_root / "val" / "*" / "*_0.jpg"),
+                                                           "--weights", weights, "--out", str(tmp_path / "annotated")]))
+    assert [r["file"] for r in rows[:4]] == sorted(map(str, (split_root / "test" / "sad").iterdir()))
+    assert [r["file"].split("/")[-2] for r in rows[4:]] == ["angry", "happy", "relaxed", "sad"]
+    assert len(list((tmp_path / "annotated").glob("*.png"))) == 8
+    with pytest.raises(SystemExit, match="nothing/\\*.jpg: no file matches"):
+        dog_emotion.main(["predict", str(tmp_path / "nothing" / "*.jpg"), "--weights", weights])
     (tmp_path / "bad.jpg").write_text("no")
     with pytest.raises(SystemExit, match="1 of 1 images could not be read"):
         dog_emotion.main(["predict", str(tmp_path / "bad.jpg"), "--weights", weights])

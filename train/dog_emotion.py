@@ -31,26 +31,37 @@ from train.recipes import add_train_options, recipe_defaults
 
 
 def cmd_evaluate(args) -> dict:
-    model, ckpt = load_weights(args.weights)
-    model.to(resolve_device(args.device))
+    """Accuracy of one weights file, or of several and of their ensemble (mean softmax)."""
     root = check_data_root(args.data)
-    size = storage_size(model.config.input_size)
     cache = Path(args.cache_dir) if args.cache_dir else None
     folder = root / args.split if is_split_root(root) else root
-    found = class_names(folder)
-    if found != ckpt["classes"]:
-        raise DataError(f"{folder}: class folders {found} differ from the model's classes {ckpt['classes']}")
-    split = load_folder(folder, ckpt["classes"], size, cache)
-    r = engine.evaluate(model, split)
+    models, logits, split = [], [], None
+    for weights in args.weights:
+        model, ckpt = load_weights(weights)
+        model.to(resolve_device(args.device))
+        found = class_names(folder)
+        if found != ckpt["classes"]:
+            raise DataError(f"{folder}: class folders {found} differ from {weights}'s classes {ckpt['classes']}")
+        split_here = load_folder(folder, ckpt["classes"], storage_size(model.config.input_size), cache)
+        if split is not None and split_here.paths != split.paths:
+            raise DataError(f"{folder}: {weights} reads other images than {args.weights[0]} (input sizes skip other files)")
+        split = split_here
+        models.append(model)
+        logits.append(engine.predict_logits(model, split.images))
+        if len(args.weights) > 1:
+            print(f"{weights}: {engine.score(logits[-1], split)['acc']:.2f}%")
+    r = engine.score(engine.ensemble_logits(logits) if len(logits) > 1 else logits[0], split)
     lo, hi = engine.wilson_interval(r["correct"], r["n"])
+    if len(args.weights) > 1:
+        print(f"ensemble of the {len(args.weights)} (mean softmax):")
     print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped" + (" (named above)" if split.skipped else ""))
     print(f"  accuracy {r['acc']:.2f}% (95% interval {lo:.1f}-{hi:.1f}%)")
     for c, a in r["per_class"].items():
         print(f"  {c:8s} {percent(a):>6s}")
     result = {"accuracy": round(r["acc"], 2), "ci95": [round(lo, 2), round(hi, 2)], "n": r["n"],
-              "params": count_parameters(model),
+              "params": sum(count_parameters(m) for m in models),
               "skipped": len(split.skipped), "per_class": {c: None if a is None else round(a, 2) for c, a in r["per_class"].items()},
-              "weights": str(args.weights), "data": str(folder)}
+              "weights": args.weights[0] if len(args.weights) == 1 else args.weights, "data": str(folder)}
     print(json.dumps(result))
     return result
 
@@ -129,7 +140,11 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
     for name, helptext in (("evaluate", "accuracy of a weights file on a folder of class subfolders"),
                            ("predict", "label and class probabilities for image files")):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
+        if name == "evaluate":
+            s.add_argument("--weights", nargs="+", default=[str(SHIPPED_WEIGHTS)],
+                           help="weights .pkl; several: each one's accuracy and their ensemble's (default: %(default)s)")
+        else:
+            s.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
         s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
         if name == "evaluate":
             s.add_argument("--data", default=str(DEFAULT_DATA), help="folder of <class>/ subfolders, or a split root (default: %(default)s)")

@@ -179,7 +179,16 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 
 def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
     """Loss, accuracy, per-class accuracy and confusion matrix of a decoded split."""
-    logits = predict_logits(model, split.images)
+    return score(predict_logits(model, split.images), split, label_smoothing)
+
+
+def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Several models' logits on the same images as one model's: the log of their mean softmax."""
+    return torch.stack([lg.softmax(1) for lg in logits]).mean(0).clamp_min(1e-12).log()
+
+
+def score(logits: torch.Tensor, split, label_smoothing: float = 0.0) -> dict:
+    """evaluate()'s numbers from logits already computed (one model's, or an ensemble's)."""
     pred = logits.argmax(1)
     k = len(split.classes)
     cm = torch.zeros(k, k, dtype=torch.long)
