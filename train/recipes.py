@@ -147,5 +147,6 @@ def recipe_overrides(run_args: dict) -> str:
     base = vars(parser.parse_args([]))
     if run_args.get("config"):
         base.update(recipe_defaults(run_args["config"], parser))
-    diffs = {k: v for k, v in result_options(run_args).items() if k != "seed" and k in base and base[k] != v}
+    diffs = {k: v for k, v in result_options(run_args).items()
+             if k not in ("seed", "data") and k in base and base[k] != v}   # data: where, not what
     return " ".join(" ".join(as_argv(k, v)) for k, v in sorted(diffs.items()))

@@ -116,7 +116,8 @@ def log_row(run_dir: str | Path, note: str = "") -> dict:
             "model": a["model"], "seed": a["seed"], "teacher": [teacher_name(t) for t in a.get("teacher", [])],
             "train_on": a.get("train_on", "train"), "params": m["params"], "train_params": m["train_params"],
             "macs": count_macs(model),
-            "epochs": a["epochs"], "final_val": m.get("final_val_acc"), "best_val": m.get("best_val_acc"),
+            "epochs": a["epochs"], "final_val": m["history"][-1]["val_acc"],
+            "best_val": max(h["val_acc"] for h in m["history"]),
             "best_epoch": m["best_epoch"], "test": m.get("test_acc"), "minutes": round(m["train_minutes"], 1),
             "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "input_size": m["config"]["input_size"], "note": note}
