@@ -9,7 +9,9 @@ unpickled is refused instead of executed.
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,11 +30,31 @@ class CheckpointError(ProjectError):
     """A weights file or checkpoint that cannot be used; the message names the file."""
 
 
+MAX_UNPACKED_BYTES = 512 << 20   # no weights file or checkpoint of this project comes near it
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a file that is not a regular file, or a torch.save archive that would unpack to more
+    than MAX_UNPACKED_BYTES (a small compressed file can hold a huge tensor), before reading it."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: weights file not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file (a folder, device or pipe)")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                total = sum(i.file_size for i in z.infolist())
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointError(f"{path}: not a readable weights file ({e})") from None
+        if total > MAX_UNPACKED_BYTES:
+            raise CheckpointError(f"{path}: would unpack to {total / 1e6:.0f} MB, over the {MAX_UNPACKED_BYTES / 1e6:.0f} MB "
+                                  "any weights file of this project needs; not loaded")
+
+
 def safe_load(path: str | Path) -> dict:
     """torch.load with weights_only=True and errors that name the file and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
+    check_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -50,14 +72,25 @@ def safe_load(path: str | Path) -> dict:
     return obj
 
 
+def state_digest(state_dict: dict) -> str:
+    """SHA-256 over every tensor's name, shape, dtype and bytes: a flipped byte anywhere changes it."""
+    h = hashlib.sha256()
+    for k, v in state_dict.items():
+        h.update(f"{k}|{tuple(v.shape)}|{v.dtype}|".encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_weights(model: MobileCNN, classes: list[str], path: str | Path, metrics: dict | None = None) -> Path:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return save_torch({
         "format": FORMAT,
         "arch": ARCH,
         "config": model.config.to_dict(),
         "classes": list(classes),
         "params": count_parameters(model),
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "state_dict": state,
+        "sha256": state_digest(state),
         "preprocess": preprocess_spec(model.config.input_size),
         "metrics": metrics or {},
     }, path)
@@ -75,21 +108,62 @@ def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[M
     if ckpt.get("format", READABLE_FORMATS[0]) not in READABLE_FORMATS:
         raise CheckpointError(f"{path}: weights format {ckpt['format']!r} is not one this version reads "
                               f"({', '.join(READABLE_FORMATS)})")
-    config = ModelConfig.from_dict(ckpt["config"])
+    config = checked_config(path, ckpt)
+    classes = ckpt.get("classes")
+    if (not isinstance(classes, list) or len(classes) != config.num_classes or len(set(classes)) != len(classes)
+            or not all(isinstance(c, str) and c for c in classes)):
+        raise CheckpointError(f"{path}: 'classes' must be a list of {config.num_classes} distinct names, found {classes!r:.100}")
     if expect is not None and config != expect:
         raise CheckpointError(f"{path}: holds config {config}, but {expect} was asked for")
     model = MobileCNN(config)
     expected, found = model.state_dict(), ckpt["state_dict"]
+    if not isinstance(found, dict) or not all(isinstance(v, torch.Tensor) for v in found.values()):
+        raise CheckpointError(f"{path}: 'state_dict' is not a dict of tensors")
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     shapes = [f"{k}: {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in found and tuple(found[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
         raise CheckpointError(f"{path}: weights do not fit the stored config {config} "
                               f"(missing {missing[:4]}, unexpected {unexpected[:4]}, shape mismatches {shapes[:4]})")
-    model.load_state_dict(ckpt["state_dict"])
+    bad = [k for k, v in found.items() if v.dtype != expected[k].dtype or not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: tensors {bad[:4]} hold NaN or Inf, or the wrong type: the weights are broken")
+    if "sha256" in ckpt and ckpt["sha256"] != state_digest(found):   # files written before the digest have none
+        raise CheckpointError(f"{path}: its tensors do not match the checksum stored with them: the file is damaged")
+    model.load_state_dict(found)
     if ckpt.get("params") not in (None, count_parameters(model)):
         raise CheckpointError(f"{path}: says {ckpt['params']} parameters but the model has {count_parameters(model)}")
     return fold(model.eval()), ckpt
+
+
+MAX_PARAMETERS = 5_000_000   # a phone model; the largest config here has under 200k
+
+
+def checked_config(path, ckpt: dict) -> ModelConfig:
+    """The stored config, with every field of the type and range a model here can have, and its size
+    counted on the meta device before anything is allocated."""
+    d = ckpt["config"]
+    ints = {"stem": (1, 4096), "input_size": (32, 1024), "num_classes": (2, 1000), "branches": (0, 8)}
+    try:
+        if not isinstance(d, dict):
+            raise ValueError("not a table of fields")
+        for key, (lo, hi) in ints.items():
+            if key in d and not (type(d[key]) is int and lo <= d[key] <= hi):
+                raise ValueError(f"{key} = {d[key]!r} is not an integer in {lo}..{hi}")
+        stages = d.get("stages", [])
+        if not (isinstance(stages, list) and stages and all(
+                isinstance(s, list) and len(s) == 3 and all(type(v) is int and 1 <= v <= 4096 for v in s) for s in stages)):
+            raise ValueError(f"stages = {stages!r:.80} is not a list of [channels, stride, blocks] integers")
+        if "dropout" in d and not (isinstance(d["dropout"], float) and 0 <= d["dropout"] < 1):
+            raise ValueError(f"dropout = {d['dropout']!r} is not a share in [0, 1)")
+        config = ModelConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: config is not one this code can build ({e})") from None
+    with torch.device("meta"):
+        n = count_parameters(MobileCNN(replace(config, folded=False, branches=0)))
+    if n > MAX_PARAMETERS:
+        raise CheckpointError(f"{path}: config describes {n:,} parameters, over the {MAX_PARAMETERS:,} of any model here")
+    return config
 
 
 def load_for_export(weights: str, flip_average: bool = True):

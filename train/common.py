@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import platform
 import random
@@ -64,6 +65,29 @@ def fraction(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
     return value
+
+
+def real(low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = False):
+    """argparse type: a finite float within [low, high] (an open end excludes its bound)."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+            raise argparse.ArgumentTypeError(f"{text} is outside {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def device_name(text: str) -> str:
+    """argparse type: auto, cpu, mps, cuda or cuda:N (whether it is there is checked when it is used)."""
+    try:
+        if text != "auto":
+            torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (auto, cpu, cuda, cuda:N or mps)") from None
+    return text
 
 
 def at_least(low: int):

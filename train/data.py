@@ -32,6 +32,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MEAN_NCHW, STD_NCHW = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)  # for whole batches
 MIN_SIDE = 32          # smaller images hold too little to classify: skipped, with a warning
+MAX_ASPECT = 10        # longer side over shorter: a panorama is about 4, a 32 x 1,500,000 strip is not a photo
 CACHE_VERSION = 3      # bump when decoding or the cache layout changes, so old caches are never reused
 DEFAULT_DATA = REPO_ROOT / "data" / "dog_emotion"   # `make` links ../shared/datasets/dog_emotion here
 KAGGLE_HINT = ("Get the public Kaggle 'Dog Emotion' data set "
@@ -159,6 +160,10 @@ def _decode(path: Path, min_side: int) -> Image.Image:
             if scale < 1:
                 im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
         w, h = im.size
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            # read from the header, before decoding: a photo is never this thin, and resizing its short
+            # side up to the model's input would cost memory without bound
+            raise BadImage(f"{w}x{h} px is more than {MAX_ASPECT}:1, not a photo to classify")
         limit = max_decoded_pixels()
         if w * h > limit:
             raise BadImage(f"{w}x{h} px is {w * h / 1e6:.0f} MP to decode, over the limit of {limit / 1e6:.0f} MP "
@@ -361,10 +366,16 @@ def load_splits(root: str | Path, size: int, splits=SPLITS, cache_dir: Path | No
         raise DataError(f"{root}: expected train/, val/ and test/ folders. For a raw download with "
                         f"no split run `make prepare-data RAW={root}` first.")
     classes = class_names(root)
+    folded = [c.casefold() for c in classes]
+    twins = sorted({c for c in classes if folded.count(c.casefold()) > 1})
+    if twins:
+        raise DataError(f"{root}: class folders {twins} differ only in case across splits; name each class alike "
+                        "in train/, val/ and test/")
     out = {}
     for s in splits:
         if not (root / s).is_dir():
             raise DataError(f"{root / s}: split folder missing")
+
         out[s] = load_folder(root / s, classes, size, cache_dir)
     return out
 

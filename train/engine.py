@@ -339,6 +339,25 @@ def end_epoch(run: Run, epoch: int, tr: dict, data: dict, args, classes: list[st
           f"lr {tr['lr']:.2e}  {row['seconds']:.1f}s", flush=True)
 
 
+class TrainingStopped(DataError):
+    """A run that cannot go on: interrupted, or its loss is no longer a number."""
+
+
+def check_out(out: Path, args) -> None:
+    """--out must be a folder this run may write: not a file, and not another run's folder unless
+    --resume (continue it) or --force (replace it) says so."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file, not a folder")
+    if not args.resume and not args.force and any((out / f).exists() for f in ("last.ckpt", "metrics.json")):
+        raise DataError(f"--out {out}: holds another run (last.ckpt or metrics.json); --resume continues it, "
+                        "--force replaces it, or choose another --out")
+    if args.resume and (out / "metrics.json").exists() and not (out / "last.ckpt").exists():
+        raise DataError(f"--out {out}: holds a finished run with no checkpoint to resume")
+    for stale in out.glob(".*.tmp") if out.is_dir() else ():   # left by a run killed mid-write: never renamed
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
 def fit(args) -> dict:
     """Train from scratch (or --resume), as one process or as one rank of a torchrun job: every rank
     trains on its shard of each batch; rank 0 alone evaluates, prints and writes files."""
@@ -348,9 +367,11 @@ def fit(args) -> dict:
     if args.amp and procs.device.type != "cuda":
         raise DataError(f"--amp (bf16 autocast) is for CUDA devices; this run is on {procs.device}")
     out, log = Path(args.out), (print if procs.main else (lambda *a, **k: None))
+    check_out(out, args)
     config = run_config(args)
     data = load_data(args, config, procs, out, log)
     classes = data["train"].classes
+    config = replace(config, num_classes=len(classes))   # the data's classes, not a fixed four
     teachers = load_teachers(args, classes, procs.device, log)
     run = build_run(args, config, procs)
     global_batch = args.batch_size * procs.world
@@ -371,8 +392,15 @@ def fit(args) -> dict:
         save_text(recipe_text(vars(args)), out / "args.toml")  # the resolved options, loadable with --config
     for epoch in range(run.epoch + 1, args.epochs + 1):
         t0 = time.time()
-        tr, run.step = train_one_epoch(run.net, run.ema, run.optimizer, data["train"], args, (run.order_gen, run.aug_gen),
-                                       run.step, args.epochs * steps_per_epoch, epoch, teachers, procs, run.memory_format)
+        try:
+            tr, run.step = train_one_epoch(run.net, run.ema, run.optimizer, data["train"], args, (run.order_gen, run.aug_gen),
+                                           run.step, args.epochs * steps_per_epoch, epoch, teachers, procs, run.memory_format)
+        except KeyboardInterrupt:
+            raise TrainingStopped(f"{out}: stopped by the user in epoch {epoch}; the last finished epoch, {run.epoch}, "
+                                  f"is in last.ckpt: the same command with --resume continues from there") from None
+        if not math.isfinite(tr["loss"]):
+            raise TrainingStopped(f"{out}: the training loss became {tr['loss']} in epoch {epoch} (a learning rate, "
+                                  f"temperature or data problem); nothing of this epoch was kept")
         rank_states = gather((run.aug_gen.get_state(), torch.get_rng_state()), procs)
         stopping = bool(args.stop_after) and epoch >= args.stop_after
         if procs.main:

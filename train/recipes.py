@@ -14,13 +14,16 @@ import tomllib
 from pathlib import Path
 
 from mobile_model import CONFIGS, SHIPPED
-from train.common import ARTIFACTS, REPO_ROOT, SHIPPED_RECIPE, ProjectError, fraction
+from train.common import ARTIFACTS, REPO_ROOT, SHIPPED_RECIPE, ProjectError, at_least, device_name, fraction, real
 from train.data import DEFAULT_DATA
 
 # Options that are not part of a recipe (how this invocation was asked), and those that change
 # where or how fast a run goes but never what it computes: every other option must match for --resume.
 NOT_RECIPE_OPTIONS = ("command", "config", "resume", "stop_after", "force")
 RUN_ONLY_OPTIONS = NOT_RECIPE_OPTIONS + ("out", "cache_dir", "threads", "no_channels_last", "no_test")
+
+
+MAX_RECIPE_BYTES = 64_000
 
 
 class RecipeError(ProjectError):
@@ -46,13 +49,19 @@ def read_recipe(path: Path, chain: tuple = ()) -> dict:
     """A TOML recipe's options, each as (value, the file it came from); `extends` is resolved."""
     if path.resolve() in chain:
         raise RecipeError(f"recipe {path}: extends itself (" + " -> ".join(str(p) for p in chain + (path,)) + ")")
+    if path.exists() and not path.is_file():   # a folder, /dev/zero, a pipe: never read (it could hang or never end)
+        raise RecipeError(f"recipe {path}: not a regular file")
+    if path.is_file() and path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe {path}: {path.stat().st_size:,} bytes, not a recipe (at most {MAX_RECIPE_BYTES:,})")
     try:
         with open(path, "rb") as f:
             recipe = tomllib.load(f)
     except OSError as e:
         raise RecipeError(f"recipe {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise RecipeError(f"recipe {path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {path}: nested too deeply to be a recipe") from None
     options = {}
     if "extends" in recipe:
         base = recipe.pop("extends")
@@ -95,6 +104,14 @@ def recipe_defaults(path: str | Path, options_parser: argparse.ArgumentParser) -
 
 # ---------------------------------------------------------------- the options a recipe can set
 
+def input_size(text: str) -> int:
+    """argparse type of --input-size: 0 (the config's own) or 32..1024 px."""
+    value = int(text)
+    if value != 0 and not 32 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{text} px is outside 32..1024 (0: the config's own)")
+    return value
+
+
 def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Every option of `train`: the subcommand's and the parser that checks a recipe's values."""
     t.add_argument("--config", default=str(SHIPPED_RECIPE.relative_to(REPO_ROOT)),
@@ -102,28 +119,28 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "command line win; '' for none, the bare defaults below (default: %(default)s, the shipped model's)")
     t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
     t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
-    t.add_argument("--input-size", type=int, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
-    t.add_argument("--branches", type=int, default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
+    t.add_argument("--input-size", type=input_size, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
+    t.add_argument("--branches", type=at_least(0), default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
-    t.add_argument("--epochs", type=int, default=150, help="training epochs (default: %(default)s)")
-    t.add_argument("--batch-size", type=int, default=64, help="batch size (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
-    t.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
-    t.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing (default: %(default)s)")
+    t.add_argument("--epochs", type=at_least(1), default=150, help="training epochs (default: %(default)s)")
+    t.add_argument("--batch-size", type=at_least(1), default=64, help="batch size (default: %(default)s)")
+    t.add_argument("--lr", type=real(0, 10, low_open=True), default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
+    t.add_argument("--weight-decay", type=real(0, 10), default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
+    t.add_argument("--label-smoothing", type=real(0, 1, high_open=True), default=0.1, help="label smoothing (default: %(default)s)")
     t.add_argument("--crop-scale", type=fraction, default=0.55, help="smallest area share of a random crop (default: %(default)s)")
     t.add_argument("--erase-prob", type=fraction, default=0.0, help="share of images with one random box erased (default: %(default)s)")
     t.add_argument("--mix-prob", type=fraction, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
-    t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
-    t.add_argument("--ema-decay", type=float, default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
+    t.add_argument("--warmup-epochs", type=at_least(0), default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
+    t.add_argument("--ema-decay", type=real(0, 1, high_open=True), default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
     t.add_argument("--teacher", nargs="*", default=[], help="weights .pkl of models trained here from scratch to distil from; several = their ensemble (default: none)")
     t.add_argument("--teacher-no-flip", action="store_true", help="teachers see the student's view only, not also its "
                                                                  "mirror image: half the teacher's cost (default: off)")
-    t.add_argument("--distill-weight", type=float, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
-    t.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature for distillation (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=0, help="seed for init, data order and augmentation (default: %(default)s)")
-    t.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: %(default)s)")
+    t.add_argument("--distill-weight", type=fraction, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
+    t.add_argument("--distill-temperature", type=real(0.05, 100), default=2.0, help="softmax temperature for distillation (default: %(default)s)")
+    t.add_argument("--seed", type=at_least(0), default=0, help="seed for init, data order and augmentation (default: %(default)s)")
+    t.add_argument("--device", type=device_name, default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: %(default)s)")
     t.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (default: off, float32)")
-    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch's default (default: %(default)s)")
+    t.add_argument("--threads", type=at_least(0), default=0, help="torch intra-op threads, 0 = torch's default (default: %(default)s)")
     t.add_argument("--no-channels-last", action="store_true",
                    help="keep tensors NCHW on the CPU (channels-last, the default there, is faster on CPUs; "
                         "same results to float rounding)")
@@ -136,7 +153,9 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--no-test", action="store_true", help="do not evaluate the test split at the end (search runs: "
                                                           "test is read once per final candidate)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.ckpt")
-    t.add_argument("--stop-after", type=int, default=0, help="stop after this epoch (to test --resume; default: run all)")
+    t.add_argument("--force", action="store_true", help="start afresh in an --out folder that holds another run "
+                                                        "(its files are replaced; default: refuse)")
+    t.add_argument("--stop-after", type=at_least(0), default=0, help="stop after this epoch (to test --resume; default: run all)")
     return t
 
 
