@@ -29,10 +29,12 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.profile import profile, report
+from export.calibration import calibration_report, fit_temperature, fold_temperature, plot_reliability
+from export import model_card
 from export.executorch_export import export_pte
 from export.runtimes import FORMATS, batched_logits, make_runner
-from train.checkpoint import load_for_export
-from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, ProjectError, accuracy, command_errors, cpu_description,
+from train.checkpoint import load_for_export, save_weights
+from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, command_errors, cpu_description,
                           markdown_table, save_json, save_text, temp_path)
 from train.data import (DEFAULT_DATA, DecodedSplit, check_data_root, eval_batches, load_folder, preprocess_spec,
                         storage_size)
@@ -42,6 +44,7 @@ FP32_ATOL = 1e-4
 INT8_MAX_DROP = 1.0  # accuracy points
 INT8_MIN_AGREEMENT = 95.0  # % of test images with the FP32 label
 METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte files and the web demo
+CALIBRATED_WEIGHTS = "dog_emotion.pkl"      # the weights with the temperature folded in: for `predict --weights`
 
 
 class ExportError(ProjectError):
@@ -190,6 +193,7 @@ class ExportJob:
     val: DecodedSplit               # the INT8 search chooses here
     calib: torch.Tensor             # INT8 calibration images, from train
     eager: np.ndarray               # eager PyTorch's logits on test: the reference
+    calibration: dict = field(default_factory=dict)   # the temperature and what it did on test
     temps: list = field(default_factory=list)
 
     @property
@@ -288,7 +292,21 @@ def search_onnx_int8(job: ExportJob) -> list[dict]:
     return [r for r, _, _ in rows]
 
 
-def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int, flip_average: bool) -> ExportJob:
+def calibrate(model, val: DecodedSplit, test: DecodedSplit) -> tuple[torch.nn.Module, dict]:
+    """The model with a temperature fitted on val folded into its classifier, and ECE and NLL on
+    test before and after (temperature scaling moves no argmax: accuracy is unchanged)."""
+    size = model.config.input_size
+    run = make_runner("eager", model=model)
+    val_logits, test_logits = (torch.from_numpy(batched_logits(run, s.images, size)) for s in (val, test))
+    temperature = fit_temperature(val_logits, val.labels)
+    calibrated = fold_temperature(model, temperature)
+    after = torch.from_numpy(batched_logits(make_runner("eager", model=calibrated), test.images, size))
+    return calibrated, {"temperature": temperature, "before": calibration_report(test_logits, test.labels),
+                        "after": calibration_report(after, test.labels)}
+
+
+def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int, flip_average: bool,
+                temperature: bool = True) -> ExportJob:
     model, ckpt = load_for_export(weights, flip_average)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -299,14 +317,26 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
     test, val, train = (load_folder(root / s, ckpt["classes"], storage_size(model.config.input_size), ARTIFACTS / "cache")
                         for s in ("test", "val", "train"))
     calib = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:calib_count]]
+    calibration = {}
+    if temperature:
+        model, calibration = calibrate(model, val, test)
+        plot_reliability(calibration["before"], calibration["after"], calibration["temperature"], out / "reliability.png")
+        save_weights(model, ckpt["classes"], out / CALIBRATED_WEIGHTS,
+                     {**ckpt["metrics"], "temperature": calibration["temperature"]})
     eager = batched_logits(make_runner("eager", model=model), test.images, model.config.input_size)
-    return ExportJob(model, metadata(model, ckpt), out, test, val, calib, eager)
+    meta = {**metadata(model, ckpt), "temperature": calibration.get("temperature", 1.0)}
+    return ExportJob(model, meta, out, test, val, calib, eager, calibration=calibration)
 
 
 def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
-               flip_average: bool = True) -> tuple[list[dict], dict]:
-    """Every format of `weights` written, checked against eager on test and kept by the one rule."""
-    job = prepare_job(weights, data, out, calib_count, seed, flip_average)
+               flip_average: bool = True, temperature: bool = True) -> tuple[list[dict], dict]:
+    """Every format of `weights` (calibrated unless temperature=False) written, checked against
+    eager on test and kept by the one rule."""
+    return export_all(prepare_job(weights, data, out, calib_count, seed, flip_average, temperature))
+
+
+def export_all(job: ExportJob) -> tuple[list[dict], dict]:
+    out = job.out
     rows = [parity_row("eager", None, job.eager, job.eager, job.test.labels.numpy())]
     notes = {}
     try:
@@ -326,7 +356,7 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
                   "int8_kept": kept["int8 setting"] if kept else "none (no setting passed the INT8 rule)",
                   "pte_ops_outside_xnnpack": {"fp32": notes["pte_fp32"], "int8": notes["pte_int8"]},
                   "calibration_images": len(job.calib), "flip_average": job.model.config.flip_average,
-                  "test_images": len(job.test), "fp32_atol": FP32_ATOL}
+                  "test_images": len(job.test), "fp32_atol": FP32_ATOL, "calibration": job.calibration}
 
 
 def main(argv=None) -> None:
@@ -336,15 +366,21 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ARTIFACTS / "export"), help="output folder (default: %(default)s)")
     ap.add_argument("--calib-count", type=int, default=1000, help="training images for INT8 calibration (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed for picking calibration images (default: %(default)s)")
+    ap.add_argument("--model-card", default=str(REPO_ROOT / "MODEL_CARD.md"),
+                    help="where to write the model card ('' for none; default: %(default)s)")
+    ap.add_argument("--no-calibrate", action="store_true",
+                    help="export the logits as trained, without the temperature fitted on val (default: calibrated)")
     ap.add_argument("--no-flip-average", action="store_true",
                     help="export without the built-in mirror-image averaging: half the compute and no flip "
                          "operator outside XNNPACK, at the accuracy the parity table shows (default: off)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     with command_errors():
-        model, _ = load_for_export(args.weights, not args.no_flip_average)
+        model, ckpt = load_for_export(args.weights, not args.no_flip_average)
         print(report(profile(model)))
-        rows, info = run_export(args.weights, args.data, out, args.calib_count, args.seed, not args.no_flip_average)
+        job = prepare_job(args.weights, args.data, out, args.calib_count, args.seed, not args.no_flip_average,
+                          not args.no_calibrate)
+        rows, info = export_all(job)
     cols = ["format", "file", "size (kB)", "max abs logit diff", "top-1 agreement (%)", "accuracy (%)",
             "int8 setting", "same on every x86", "val agreement (%)", "val accuracy (%)", "kept"]
     table = markdown_table(rows, cols)
@@ -359,6 +395,10 @@ def main(argv=None) -> None:
     print("\n" + table)
     print(f"operators left outside XNNPACK in the .pte programs (portable kernels): {info['pte_ops_outside_xnnpack']}")
     print(f"wrote {', '.join(FORMATS.values())}, {METADATA_SIDECAR}, parity.md, parity.json to {out}")
+    if args.model_card:
+        save_text(model_card.render(job.model, ckpt, rows, info, job.eager, job.test.labels.numpy(), args.weights),
+                  Path(args.model_card))
+        print(f"wrote {args.model_card}")
 
 
 if __name__ == "__main__":

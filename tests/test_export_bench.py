@@ -234,3 +234,45 @@ def test_the_readme_snippets_run_as_written_and_agree_with_predict(exported, rea
 
 def dog_emotion_predict(photo) -> dict:
     return dog_emotion.cmd_predict(dog_emotion.parse_args(["predict", str(photo)]))[0]["probabilities"]
+
+
+def test_the_temperature_folds_into_the_classifier_and_is_recovered():
+    from export.calibration import calibration_report, fit_temperature, fold_temperature
+    from mobile_model import get_config, MobileCNN
+    from test_training_parts import randomize_batchnorm
+    torch.manual_seed(0)
+    model = randomize_batchnorm(MobileCNN(get_config("nano"))).eval()     # flip averaging on: a mean of two passes
+    x = torch.randn(6, 3, 112, 112)
+    with torch.no_grad():
+        ref, folded = model(x), fold_temperature(model, 2.5)(x)
+    assert model.config.flip_average and torch.allclose(folded, ref / 2.5, atol=1e-6, rtol=0)
+    # labels drawn from softmax(z): the logits 3 z are too confident by T = 3, and the fit finds it
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(20_000, 4, generator=g) * 2
+    labels = torch.multinomial(z.softmax(1), 1, generator=g).squeeze(1)
+    assert abs(fit_temperature(3 * z, labels) - 3.0) < 0.1
+    before, after = calibration_report(3 * z, labels), calibration_report(z, labels)
+    assert after["ece"] < 0.02 < before["ece"] and after["nll"] < before["nll"]
+    assert before["accuracy"] == after["accuracy"] and sum(b["n"] for b in before["bins"]) == 20_000
+
+
+@pytest.mark.slow
+def test_the_model_card_is_written_from_the_measurements(exported, tmp_path):
+    from export import model_card
+    from export.calibration import fold_temperature
+    from export.runtimes import batched_logits
+    from train.data import load_folder, storage_size
+    out, rows, info = exported
+    model, ckpt = load_for_export(str(SHIPPED_WEIGHTS))
+    model = fold_temperature(model, info["calibration"]["temperature"])
+    test = load_folder(REPO_ROOT / "data" / "dog_emotion" / "test", ckpt["classes"], storage_size(112))
+    logits = batched_logits(make_runner("eager", model=model), test.images, 112)
+    card = model_card.render(model, ckpt, rows, info, logits, test.labels.numpy(), str(SHIPPED_WEIGHTS),
+                             bench_json=tmp_path / "none.json")
+    for heading in ("## Model details", "## Intended use", "## Out-of-scope use", "## Training data", "## Evaluation",
+                    "## Calibration", "## Formats", "## Limitations and known failure modes", "## How to reproduce"):
+        assert heading in card
+    acc = 100 * float((logits.argmax(1) == test.labels.numpy()).mean())
+    assert f"**{acc:.2f}%** on 400 photos" in card and "17,208 parameters" in card
+    assert f"T = {info['calibration']['temperature']:.3f}" in card and "a person (matplotlib's grace_hopper.jpg)" in card
+    assert "not measured yet: run `make bench`" in card and "| onnx_fp32 | dog_emotion.onnx |" in card

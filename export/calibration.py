@@ -1,0 +1,89 @@
+"""Probabilities a user can read as confidence: one temperature fitted on val, folded into the
+classifier, and the calibration it buys measured on test.
+
+Temperature scaling (Guo et al. 2017) divides the logits by one T > 0 fitted to minimise the
+negative log-likelihood on held-out data. It moves no argmax, so accuracy is unchanged. Folding
+T into the last linear layer (its weight and bias divided by T) gives the calibrated logits with
+no parameter added; flip averaging is a mean of two logit vectors, so it commutes with the fold.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from train.plots import plt, save_figure
+
+BINS = 15   # the usual count for expected calibration error
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T > 0 that minimises the NLL of softmax(logits / T), in float64 (Newton on log T would
+    do as well; L-BFGS is torch's own). The NLL is convex in 1/T, so the minimum is the minimum."""
+    z, y = logits.double(), labels
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    t = float(log_t.exp())
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"temperature fit failed (T = {t})")
+    return t
+
+
+@torch.no_grad()
+def fold_temperature(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
+    """A copy of `model` whose logits are the original's divided by `temperature`."""
+    calibrated = copy.deepcopy(model)
+    calibrated.classifier.weight.div_(temperature)
+    calibrated.classifier.bias.div_(temperature)
+    return calibrated
+
+
+def calibration_report(logits: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> dict:
+    """NLL, expected calibration error (the gap between confidence and accuracy, weighted by the
+    share of images in each confidence bin) and the per-bin numbers for a reliability diagram."""
+    probs = logits.double().softmax(1)
+    conf, pred = probs.max(1)
+    correct = (pred == labels).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            share = inside.double().mean().item()
+            acc, mean_conf = correct[inside].mean().item(), conf[inside].mean().item()
+            ece += share * abs(acc - mean_conf)
+            rows.append({"lo": lo.item(), "hi": hi.item(), "n": int(inside.sum()), "accuracy": acc, "confidence": mean_conf})
+    return {"nll": F.cross_entropy(logits.double(), labels).item(), "ece": ece, "bins": rows,
+            "mean_confidence": conf.mean().item(), "accuracy": correct.mean().item()}
+
+
+def plot_reliability(before: dict, after: dict, temperature: float, path: str | Path) -> Path:
+    """Accuracy against confidence per bin, before and after the temperature; the diagonal is perfect."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    for ax, report, title in ((axes[0], before, "as trained"), (axes[1], after, f"temperature T = {temperature:.3f}")):
+        centres = [(b["lo"] + b["hi"]) / 2 for b in report["bins"]]
+        width = 1 / BINS
+        ax.bar(centres, [b["accuracy"] for b in report["bins"]], width=width * 0.9, alpha=0.75, label="accuracy in bin")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+        ax.scatter(centres, [b["confidence"] for b in report["bins"]], color="C1", s=14, zorder=3, label="mean confidence")
+        ax.set_xlabel("confidence (largest probability)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title}: ECE {100 * report['ece']:.1f}%, NLL {report['nll']:.3f}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.suptitle("reliability on the test split (temperature fitted on val)")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,190 @@
+"""MODEL_CARD.md, written by `make export` from what it has just measured: the weights' record,
+the parity table, the calibration, the test split's confusion matrix, the run log's seeds of the
+shipped recipe, `make bench`'s last timings when there are any, and the model's answers on
+pictures that are not dog photos. Nothing in it is typed by hand, so a rerun keeps it true.
+The headings follow the model-card convention of model hubs (Mitchell et al. 2019)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from export.runtimes import FORMATS
+from mobile_model import CONFIGS, count_macs
+from train.common import ARTIFACTS, RUN_LOG, SHIPPED_RECIPE, markdown_table, percent
+from train.data import preprocess, preprocess_spec
+from train.engine import wilson_interval
+from train.recipes import read_recipe
+from train.runlog import mean_sd, read_log
+
+DATA_URL = "https://www.kaggle.com/datasets/danielshanbalico/dog-emotion"
+
+
+def not_dogs() -> dict[str, Image.Image]:
+    """Pictures outside the model's scope, made or shipped with the packages (nothing downloaded)."""
+    from matplotlib import cbook
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        person = Image.open(f).convert("RGB")
+    rng = np.random.default_rng(0)
+    cartoon = Image.new("RGB", (200, 200), (250, 240, 200))
+    draw = ImageDraw.Draw(cartoon)
+    draw.ellipse((40, 40, 160, 160), fill=(240, 200, 60), outline=(0, 0, 0), width=4)     # a smiley
+    draw.ellipse((75, 80, 90, 95), fill=(0, 0, 0))
+    draw.ellipse((110, 80, 125, 95), fill=(0, 0, 0))
+    draw.arc((70, 90, 130, 140), 20, 160, fill=(0, 0, 0), width=4)
+    return {"a person (matplotlib's grace_hopper.jpg)": person, "a drawn smiley face": cartoon,
+            "random noise": Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)),
+            "a flat grey picture": Image.new("RGB", (200, 200), (128, 128, 128))}
+
+
+@torch.no_grad()
+def out_of_scope_rows(model, classes: list[str]) -> list[dict]:
+    rows = []
+    for name, img in not_dogs().items():
+        probs = model(preprocess(img, model.config.input_size)).softmax(1)[0]
+        rows.append({"picture": name, "label given": classes[int(probs.argmax())],
+                     "its probability": f"{probs.max().item():.2f}"})
+    return rows
+
+
+def config_name(config) -> str:
+    same = [n for n, c in CONFIGS.items() if (c.stem, c.stages, c.input_size) == (config.stem, config.stages, config.input_size)]
+    return same[0] if same else "custom"
+
+
+def confusions(cm: np.ndarray, classes: list[str]) -> str:
+    """The weakest class and the two pairs most often confused, in words, from the matrix."""
+    acc = cm.diagonal() / np.maximum(cm.sum(1), 1)
+    off = [(cm[i, j], classes[i], classes[j]) for i in range(len(classes)) for j in range(len(classes)) if i != j]
+    top = sorted(off, reverse=True)[:2]
+    return (f"{classes[int(acc.argmin())]} is the weakest class ({100 * acc.min():.0f}% on test); the most frequent "
+            "mistakes: " + ", ".join(f"{t} taken for {p} ({n} photos)" for n, t, p in top) + ".")
+
+
+def seed_rows() -> list[dict]:
+    """The run log's runs of the shipped recipe (plain, on 1 thread), with their test accuracies."""
+    recipe = SHIPPED_RECIPE.relative_to(SHIPPED_RECIPE.parent.parent).as_posix()
+    return [r for r in read_log(RUN_LOG) if r["recipe"] == recipe and not r["options"] and r["test"] is not None]
+
+
+def speed_rows(bench_json: Path) -> tuple[list[dict], str]:
+    if not bench_json.is_file():
+        return [], "not measured yet: run `make bench` and then `make export` again"
+    bench = json.loads(bench_json.read_text())
+    rows = [{"format": r["format"], "threads": r["threads"], "batch 1 p50 (ms)": f"{r['p50_ms']:.2f}",
+             "batch 32 (img/s)": f"{r['batch32_img_s']:.0f}" if r.get("batch32_img_s") else "-"}
+            for r in bench["inference"]]
+    return rows, f"`make bench` on {bench['date']}, {bench['machine']}{' (QUICK)' if bench['quick'] else ''}"
+
+
+def render(model, ckpt: dict, rows: list[dict], info: dict, test_logits: np.ndarray, test_labels: np.ndarray,
+           weights: str, bench_json: Path = ARTIFACTS / "bench" / "bench.json") -> str:
+    classes = ckpt["classes"]
+    pred = test_logits.argmax(1)
+    n, correct = len(test_labels), int((pred == test_labels).sum())
+    lo, hi = wilson_interval(correct, n)
+    cm = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(cm, (test_labels, pred), 1)
+    confusion = [{"true \\ predicted": c, **{p: int(v) for p, v in zip(classes, cm[i])},
+                  "accuracy": percent(100 * cm[i, i] / cm[i].sum() if cm[i].sum() else None)} for i, c in enumerate(classes)]
+    seeds = seed_rows()
+    tests = [r["test"] for r in seeds]
+    mean, sd = mean_sd(tests) if tests else (float("nan"), float("nan"))
+    cal = info.get("calibration") or {}
+    kept = [r for r in rows if r["format"] != "eager" and r.get("kept", "yes") == "yes"]
+    formats = [{"format": r["format"], "file": r["file"], "size (kB)": r["size (kB)"],
+                "max abs logit diff vs PyTorch": f"{r['max abs logit diff']:.1e}",
+                "test accuracy (%)": r["accuracy (%)"]} for r in kept]
+    speed, speed_source = speed_rows(bench_json)
+    name = config_name(model.config)
+    spec = preprocess_spec(model.config.input_size)
+    recipe = {k: v for k, (v, _) in read_recipe(SHIPPED_RECIPE).items()}
+    spread = f"{max(tests) - min(tests):.2f}" if len(tests) > 1 else "n/a"
+    card = f"""# Model card: dog-emotion classifier `{name}`
+
+Generated by `make export` from `{weights}` and the measurements of that run; do not edit by hand.
+
+## Model details
+
+- A depthwise-separable CNN (`mobile_model.MobileCNN`, config `{name}`) trained from scratch
+  in PyTorch; no pretrained weights anywhere. **{sum(p.numel() for p in model.parameters()):,} parameters**
+  as it ships (BatchNorm folded), {count_macs(model) / 1e6:.2f} M multiply-accumulates per photo
+  (flip averaging: the network averages each photo with its mirror image).
+- Input: one RGB photo, made upright from its EXIF orientation, shorter side resized to
+  {spec['resize_shorter_side']} px, centre-cropped to {model.config.input_size} px, scaled to [0, 1] and normalised with
+  mean {spec['mean']} and std {spec['std']} (`dog_emotion.meta.json` has the record).
+- Output: logits for {', '.join(classes)}; softmax gives probabilities
+  {'calibrated by a temperature of ' + format(cal['temperature'], '.3f') + ' folded into the classifier' if cal else 'as trained (not calibrated)'}.
+- Training (the shipped recipe, `{SHIPPED_RECIPE.name}`): {recipe.get('epochs')} epochs, distilled from
+  {', '.join(f'`{t}`' for t in recipe.get('teacher', [])) or 'no teacher'}; code MIT-licensed (LICENSE).
+
+## Intended use
+
+Telling which of four emotions a single dog shows in a photo, on a phone or in a browser, for
+hobby apps, teaching and experiments with tiny models. The probabilities are meant to be read as
+confidence (see Calibration).
+
+## Out-of-scope use
+
+Anything with consequences for an animal or a person: veterinary or behavioural diagnosis,
+judging whether a dog is dangerous. Photos without exactly one dog: the model has no "none of
+these" answer and gives one of the four labels to anything. What it said about pictures that are
+not dog photos (this run, calibrated model):
+
+{markdown_table(out_of_scope_rows(model, classes))}
+## Training data
+
+The public Kaggle "Dog Emotion" set ([{DATA_URL}]({DATA_URL}), under the terms its page states):
+byte-identical files removed, near-duplicates (difference hash within 20 of 256 bits) reduced to
+one image so that no picture appears in two splits, re-encoded as RGB JPEG with the shorter side
+at 128 px; split per class by SHA-1: test 100, val 100, the rest train (`make prepare-data`).
+Val picked the training recipe; test was read once per final candidate.
+
+## Evaluation
+
+- Test accuracy of this file: **{100 * correct / n:.2f}%** on {n} photos (95% Wilson interval {lo:.1f}-{hi:.1f}%).
+- The recipe's seeds (run log, `docs/runs.jsonl`): test {', '.join(f"{t:.2f}" for t in tests) or 'none logged'}%
+  (mean {mean:.2f}, sd {sd:.2f}). One seed's number is a draw: expect the mean on new photos.
+
+Per class and confusion matrix on test (rows: true class):
+
+{markdown_table(confusion)}
+## Calibration
+
+""" + (f"""Temperature T = {cal['temperature']:.3f}, fitted on val by minimising the negative log-likelihood, then
+folded into the last linear layer (weight and bias divided by T; no parameter added). On test:
+NLL {cal['before']['nll']:.3f} -> {cal['after']['nll']:.3f}, expected calibration error ({len(cal['before']['bins'])} non-empty of 15 bins)
+{100 * cal['before']['ece']:.1f}% -> {100 * cal['after']['ece']:.1f}%, mean confidence {100 * cal['before']['mean_confidence']:.1f}% ->
+{100 * cal['after']['mean_confidence']:.1f}% against an accuracy of {100 * cal['after']['accuracy']:.1f}%. Reliability diagram:
+`artifacts/export/reliability.png` ([docs/reliability.png](docs/reliability.png)).
+""" if cal else "Not calibrated in this export (`--no-calibrate`).\n") + f"""
+## Formats
+
+Every file was checked against eager PyTorch on the test split before it was kept (FP32: every
+logit within {info['fp32_atol']:g}; INT8: at most 1 point of accuracy lost). CPU of the check: {info['cpu']}.
+
+{markdown_table(formats)}
+Speed ({speed_source}):
+
+{markdown_table(speed) if speed else ''}
+Which file goes where: `.onnx` / `.ort` for onnxruntime (Android, iOS, desktop, the browser
+demo), `.pte` for ExecuTorch (XNNPACK), `.int8.*` where size matters most, `.pt` for TorchScript
+apps; `{FORMATS['onnx_fp32']}` and `dog_emotion.meta.json` for the web (docs/deployment.md).
+
+## Limitations and known failure modes
+
+- Four labels for any input, including no dog, several dogs, cartoons (the table above).
+- {confusions(cm, classes)}
+- {n} test photos: the 95% interval above is {hi - lo:.1f} points wide; the recipe's seeds have
+  spread over {spread} points on test.
+
+## How to reproduce
+
+`make evaluate` (test accuracy and interval), `make profile` (parameters and MACs), `make export`
+(every format, parity, calibration and this card), `make bench` (speed), `make train` (the model
+from scratch; results differ by seed, as the Evaluation section says).
+"""
+    return card
