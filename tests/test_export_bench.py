@@ -15,7 +15,8 @@ from export import export as exporter
 from export.profile import profile
 from export.runtimes import FORMATS, make_runner
 from mobile_model import build_model, count_parameters
-from train.checkpoint import load_for_export, load_weights
+from export.calibration import fold_temperature
+from train.checkpoint import load_for_export, load_weights, state_digest
 from train import dog_emotion
 from train.common import REPO_ROOT, SHIPPED_WEIGHTS
 from train.data import DataError, preprocess_spec
@@ -39,6 +40,9 @@ def test_profile_agrees_with_flopcounter_and_count_parameters():
 def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     out, rows, info = exported
     model, ckpt = load_weights(SHIPPED_WEIGHTS)
+    # every format carries the calibrated logits: the shipped model's divided by the temperature
+    model = fold_temperature(model, info["calibration"]["temperature"])
+    assert load_weights(out / exporter.CALIBRATED_WEIGHTS)[1]["metrics"]["temperature"] == info["calibration"]["temperature"]
     by_fmt = {r["format"]: r for r in rows}
     for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
         assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4
@@ -132,7 +136,7 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     for fmt, r in rows.items():
         assert r["test_acc"] == pytest.approx(parity[fmt], abs=0.01), fmt
         if fmt != "eager":
-            assert r["size_kb"] == pytest.approx((out / FORMATS[fmt]).stat().st_size / 1024, abs=0.1), fmt
+            assert r["size_kb"] == pytest.approx((out / FORMATS[fmt]).stat().st_size / 1000, abs=0.1), fmt
     assert rows["eager"]["p50_vs_eager"] == 1.0 and rows["onnx_fp32"]["p50_vs_eager"] == pytest.approx(
         rows["onnx_fp32"]["p50_ms"] / rows["eager"]["p50_ms"])
     # every key snake_case; units only in the Markdown titles
@@ -156,7 +160,8 @@ def test_failed_export_leaves_no_temp_files(real_data, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="lowering crashed"):
         exporter.run_export(str(SHIPPED_WEIGHTS), str(real_data), tmp_path / "out", 8, 0)
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert left == ["dog_emotion.onnx", "dog_emotion.ort", "dog_emotion.pt"], left  # verified files only
+    # verified files only, and the calibration's (written before any format)
+    assert left == ["dog_emotion.onnx", "dog_emotion.ort", "dog_emotion.pkl", "dog_emotion.pt", "reliability.png"], left
 
 
 @pytest.fixture
@@ -175,7 +180,7 @@ def nano_weights(tmp_path):
 @pytest.mark.slow
 def test_pte_of_a_small_generated_model_and_a_failed_check(nano_weights, split_root, tmp_path, monkeypatch):
     monkeypatch.setattr(exporter, "INT8_MIN_AGREEMENT", 101.0)   # no INT8 program can pass this check
-    rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0)
+    rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False)
     by_fmt = {r["format"]: r for r in rows}
     assert by_fmt["pte_fp32"]["max abs logit diff"] <= 1e-4 and by_fmt["pte_fp32"]["top-1 agreement (%)"] == 100
     assert by_fmt["pte_int8"]["kept"] == "no" and not (tmp_path / "out" / "dog_emotion.int8.pte").exists()
@@ -194,8 +199,10 @@ def test_pte_of_a_small_generated_model_and_a_failed_check(nano_weights, split_r
 def test_export_without_flip_averaging(nano_weights, split_root, tmp_path):
     ckpt = torch.load(nano_weights, weights_only=True)
     ckpt["state_dict"]["classifier.weight"] *= 100  # logits that visibly depend on the input (a random net's barely do)
+    ckpt["sha256"] = state_digest(ckpt["state_dict"])
     torch.save(ckpt, nano_weights)
-    rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, flip_average=False)
+    rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, flip_average=False,
+                                     temperature=False)
     assert info["flip_average"] is False
     # no mirror image in any program: nothing of it left for portable kernels
     assert "aten.flip.default" not in info["pte_ops_outside_xnnpack"]["fp32"]
@@ -227,17 +234,18 @@ def test_the_readme_snippets_run_as_written_and_agree_with_predict(exported, rea
         done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         printed.append(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
-    ref = dog_emotion_predict(photo)
-    for probs in printed:
+    # the PyTorch snippet reads the shipped weights, the onnxruntime one the calibrated export
+    for probs, weights in zip(printed, (SHIPPED_WEIGHTS, out / exporter.CALIBRATED_WEIGHTS)):
+        ref = dog_emotion_predict(photo, weights)
         assert list(probs) == list(ref) and max(abs(probs[c] - ref[c]) for c in ref) < 2e-3, (probs, ref)
 
 
-def dog_emotion_predict(photo) -> dict:
-    return dog_emotion.cmd_predict(dog_emotion.parse_args(["predict", str(photo)]))[0]["probabilities"]
+def dog_emotion_predict(photo, weights) -> dict:
+    return dog_emotion.cmd_predict(dog_emotion.parse_args(["predict", str(photo), "--weights", str(weights)]))[0]["probabilities"]
 
 
 def test_the_temperature_folds_into_the_classifier_and_is_recovered():
-    from export.calibration import calibration_report, fit_temperature, fold_temperature
+    from export.calibration import calibration_report, fit_temperature
     from mobile_model import get_config, MobileCNN
     from test_training_parts import randomize_batchnorm
     torch.manual_seed(0)
@@ -259,7 +267,6 @@ def test_the_temperature_folds_into_the_classifier_and_is_recovered():
 @pytest.mark.slow
 def test_the_model_card_is_written_from_the_measurements(exported, tmp_path):
     from export import model_card
-    from export.calibration import fold_temperature
     from export.runtimes import batched_logits
     from train.data import load_folder, storage_size
     out, rows, info = exported
