@@ -36,10 +36,10 @@ def cmd_evaluate(args) -> dict:
     cache = Path(args.cache_dir) if args.cache_dir else None
     folder = root / args.split if is_split_root(root) else root
     models, logits, split = [], [], None
+    found = class_names(folder)
     for weights in args.weights:
         model, ckpt = load_weights(weights)
         model.to(resolve_device(args.device))
-        found = class_names(folder)
         if found != ckpt["classes"]:
             raise DataError(f"{folder}: class folders {found} differ from {weights}'s classes {ckpt['classes']}")
         split_here = load_folder(folder, ckpt["classes"], storage_size(model.config.input_size), cache)
