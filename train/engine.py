@@ -284,8 +284,13 @@ def build_run(args, config, procs: Processes) -> Run:
     return Run(model, net, ema, optimizer, order_gen, aug_gen, channels_last)
 
 
-def restore(run: Run, ckpt_path: Path, args, procs: Processes) -> None:
-    """Continue a stopped run from its checkpoint, refusing one that would not continue the same run."""
+def data_keys(data: dict) -> dict:
+    return {s: d.key for s, d in data.items()}
+
+
+def restore(run: Run, ckpt_path: Path, args, procs: Processes, data: dict) -> None:
+    """Continue a stopped run from its checkpoint, refusing one that would not continue the same run:
+    other options, or other data (by the files' content; the path it is reached by may differ)."""
     if not ckpt_path.exists():
         raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint there)")
     state = safe_load(ckpt_path)
@@ -295,12 +300,17 @@ def restore(run: Run, ckpt_path: Path, args, procs: Processes) -> None:
         raise CheckpointError(f"{ckpt_path}: written by a run of {state['processes']} processes; resume it with "
                               f"as many (this one has {procs.world})")
     # an option the checkpoint does not know was added later: its default is the old behaviour
+    by_content = "data_keys" in state  # absent: written before the data's content was recorded
     changed = {k: (state["args"][k], v) for k, v in result_options(vars(args)).items()
-               if k in state["args"] and state["args"][k] != v}
+               if k in state["args"] and state["args"][k] != v and not (by_content and k == "data")}
     if changed:
         raise CheckpointError(f"{ckpt_path}: was written with other options ("
                               + ", ".join(f"{k}={old!r}, now {new!r}" for k, (old, new) in changed.items())
                               + "); resume with the same options")
+    moved = [s for s, key in data_keys(data).items() if by_content and state["data_keys"].get(s) != key]
+    if moved:
+        raise CheckpointError(f"{ckpt_path}: the files of {'/, '.join(moved)}/ under {args.data} are not the ones this run "
+                              "trained on (added, removed or changed since); resume with that data, or start a new run")
     if state.get("channels_last", False) != run.channels_last:  # absent: written before there was a choice
         raise CheckpointError(f"{ckpt_path}: was written in the {layout_name(not run.channels_last)} "
                               f"layout, this run would be {layout_name(run.channels_last)}; "
@@ -316,12 +326,12 @@ def restore(run: Run, ckpt_path: Path, args, procs: Processes) -> None:
     run.history, run.best, run.step, run.epoch = state["history"], state["best"], state["step"], state["epoch"]
 
 
-def save_checkpoint(run: Run, args, procs: Processes, rank_states: list, path: Path) -> None:
+def save_checkpoint(run: Run, args, procs: Processes, rank_states: list, data: dict, path: Path) -> None:
     save_torch({"args": vars(args), "epoch": run.epoch, "step": run.step, "model": run.model.state_dict(),
                 "ema": run.ema.model.state_dict(), "ema_updates": run.ema.updates,
                 "optimizer": run.optimizer.state_dict(), "order_gen": run.order_gen.get_state(),
                 "rank_states": rank_states, "processes": procs.world, "history": run.history, "best": run.best,
-                "channels_last": run.channels_last}, path)
+                "channels_last": run.channels_last, "data_keys": data_keys(data)}, path)
 
 
 def end_epoch(run: Run, epoch: int, tr: dict, data: dict, args, classes: list[str], t0: float, out: Path) -> None:
@@ -380,7 +390,7 @@ def fit(args) -> dict:
         raise DataError(f"train split has {len(data['train'])} images, fewer than one batch of {global_batch}"
                         + (f" ({args.batch_size} per process x {procs.world})" if procs.world > 1 else ""))
     if args.resume:
-        restore(run, out / "last.ckpt", args, procs)
+        restore(run, out / "last.ckpt", args, procs, data)
         log(f"resumed from {out / 'last.ckpt'} at epoch {run.epoch + 1}")
     log(f"model: {args.model}  params={count_parameters(run.model):,} while training, "
         f"{inference_parameters(run.model):,} folded for inference  input={config.input_size}px  "
@@ -405,7 +415,7 @@ def fit(args) -> dict:
         stopping = bool(args.stop_after) and epoch >= args.stop_after
         if procs.main:
             end_epoch(run, epoch, tr, data, args, classes, t0, out)
-            save_checkpoint(run, args, procs, rank_states, out / "last.ckpt")
+            save_checkpoint(run, args, procs, rank_states, data, out / "last.ckpt")
             plot_curves(run.history, out / "curves.png", f"{args.model} ({count_parameters(run.model):,} params): "
                         "train = running, on augmented batches; val = EMA weights")
         if stopping:
