@@ -169,14 +169,15 @@ def _decode(path: Path, min_side: int) -> Image.Image:
             raise BadImage(f"{w}x{h} px is {w * h / 1e6:.0f} MP to decode, over the limit of {limit / 1e6:.0f} MP "
                            f"(DOG_EMOTION_MAX_PIXELS)")
         im.load()
-        im = ImageOps.exif_transpose(im)   # phone photos: upright as the camera meant them
+        # phone photos: upright as the camera meant them (in place: a 50 MP image is not copied twice)
+        ImageOps.exif_transpose(im, in_place=True)
         im = _to_8bit(im)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
             img = Image.new("RGB", rgba.size, (255, 255, 255))
             img.paste(rgba, mask=rgba.getchannel("A"))
             return img
-        return im.convert("RGB")
+        return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def load_rgb(path: str | Path, min_side: int = 0) -> Image.Image:
