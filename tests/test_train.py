@@ -260,6 +260,18 @@ def test_a_recipe_extends_another_and_overrides_its_options(tmp_path):
         dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
 
 
+def test_a_seed_file_stands_for_the_recipe_it_extends(tmp_path):
+    from train.recipes import drawn_recipe
+    (tmp_path / "base.toml").write_text('model = "nano"\nepochs = 7\n')
+    (tmp_path / "base-s1.toml").write_text('extends = "base.toml"\nseed = 1\n')
+    (tmp_path / "base-s1-again.toml").write_text('extends = "base-s1.toml"\n')
+    (tmp_path / "longer.toml").write_text('extends = "base.toml"\nseed = 1\nepochs = 9\n')
+    assert drawn_recipe(tmp_path / "base-s1.toml") == tmp_path / "base.toml"
+    assert drawn_recipe(tmp_path / "base-s1-again.toml") == tmp_path / "base.toml"
+    assert drawn_recipe(tmp_path / "longer.toml") == tmp_path / "longer.toml"   # another recipe, not a seed
+    assert drawn_recipe(tmp_path / "base.toml") == tmp_path / "base.toml"
+
+
 def test_every_recipe_in_the_repo_loads():
     from train.common import REPO_ROOT
     recipes = sorted((REPO_ROOT / "recipes").rglob("*.toml"))

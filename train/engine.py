@@ -353,9 +353,10 @@ class TrainingStopped(DataError):
     """A run that cannot go on: interrupted, or its loss is no longer a number."""
 
 
-def check_out(out: Path, args) -> None:
+def check_out(out: Path, args, main: bool = True) -> None:
     """--out must be a folder this run may write: not a file, and not another run's folder unless
-    --resume (continue it) or --force (replace it) says so."""
+    --resume (continue it) or --force (replace it) says so. The main process (rank 0, the one that
+    writes there) also removes the temp files a killed run left."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: is a file, not a folder")
     if not args.resume and not args.force and any((out / f).exists() for f in ("last.ckpt", "metrics.json")):
@@ -363,7 +364,7 @@ def check_out(out: Path, args) -> None:
                         "--force replaces it, or choose another --out")
     if args.resume and (out / "metrics.json").exists() and not (out / "last.ckpt").exists():
         raise DataError(f"--out {out}: holds a finished run with no checkpoint to resume")
-    for stale in out.glob(".*.tmp") if out.is_dir() else ():   # left by a run killed mid-write: never renamed
+    for stale in out.glob(".*.tmp") if main and out.is_dir() else ():   # left by a run killed mid-write: never renamed
         if stale.is_file():
             stale.unlink(missing_ok=True)
 
@@ -377,7 +378,7 @@ def fit(args) -> dict:
     if args.amp and procs.device.type != "cuda":
         raise DataError(f"--amp (bf16 autocast) is for CUDA devices; this run is on {procs.device}")
     out, log = Path(args.out), (print if procs.main else (lambda *a, **k: None))
-    check_out(out, args)
+    check_out(out, args, procs.main)
     config = run_config(args)
     data = load_data(args, config, procs, out, log)
     classes = data["train"].classes
