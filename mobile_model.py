@@ -181,14 +181,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module) -> int:
-    """thop's multiply-accumulates of one photo through `model` (flip averaging included where the
-    config has it); on a deep copy, so the model never gains thop's counter buffers."""
+def thop_counts(model: nn.Module) -> tuple[float, float, dict]:
+    """thop's (MACs, parameters, per-layer tree) of one photo through `model` (flip averaging
+    included where the config has it); on a deep copy, so the model never gains thop's counter buffers."""
     import copy
     import thop
     size = model.config.input_size
-    macs, _ = thop.profile(copy.deepcopy(model), inputs=(torch.zeros(1, 3, size, size),), verbose=False)
-    return int(macs)
+    return thop.profile(copy.deepcopy(model), inputs=(torch.zeros(1, 3, size, size),), verbose=False,
+                        ret_layer_info=True)
+
+
+def count_macs(model: nn.Module) -> int:
+    return int(thop_counts(model)[0])
 
 
 def inference_parameters(model: MobileCNN) -> int:

@@ -12,14 +12,12 @@ The report shows both totals and the difference with its cause.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
-import thop
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mobile_model import count_parameters
+from mobile_model import count_parameters, thop_counts
 from train.checkpoint import load_weights
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, command_errors, markdown_table, save_json, save_text
 
@@ -48,7 +46,7 @@ def flatten_thop(tree: dict, prefix: str = "") -> dict[str, tuple[float, float]]
 def profile(model: torch.nn.Module) -> dict:
     size = model.config.input_size
     x = torch.zeros(1, 3, size, size)
-    macs, thop_params, tree = thop.profile(copy.deepcopy(model), inputs=(x,), verbose=False, ret_layer_info=True)
+    macs, thop_params, tree = thop_counts(model)
     with FlopCounterMode(display=False) as counter:
         with torch.no_grad():
             model(x)

@@ -1,6 +1,7 @@
 """Small generated data sets for the tests: nothing here needs the real data or the network."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,14 @@ from PIL import Image
 
 CLASSES = ["angry", "happy", "relaxed", "sad"]
 REAL_DATA = Path(__file__).resolve().parent.parent / "data" / "dog_emotion"
+
+
+def load_serve():
+    """web/serve.py as a module (web/ is a folder of the page, not a package)."""
+    spec = importlib.util.spec_from_file_location("serve", Path(__file__).resolve().parent.parent / "web" / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    return serve
 
 
 def make_image(seed: int, size=(48, 40), mode: str = "RGB") -> Image.Image:

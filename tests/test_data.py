@@ -113,6 +113,30 @@ def test_memory_mapped_cache_equals_in_memory_decoding(tmp_path):
     assert images_file.stat().st_size == len(usable) * 3 * 48 * 48
 
 
+@pytest.mark.parametrize("damage", ["random images", "empty index", "garbage index", "index of ints"])
+def test_damaged_cache_is_decoded_again_never_used(tmp_path, capsys, damage):
+    usable, _ = write_bad_cases(tmp_path / "train")
+    cache = tmp_path / "cache"
+    load_folder(tmp_path / "train", ["angry", "happy"], 48, cache)
+    fresh = load_folder(tmp_path / "train", ["angry", "happy"], 48)  # in memory: not mapped from the file damaged below
+    (images_file,), (index_file,) = cache.glob("*.u8"), cache.glob("*.pt")
+    if damage == "random images":  # the right length, other bytes: caught by the index's sha1
+        images_file.write_bytes(np.random.default_rng(0).integers(0, 256, images_file.stat().st_size, np.uint8).tobytes())
+    elif damage == "empty index":
+        index_file.write_bytes(b"")
+    elif damage == "garbage index":
+        index_file.write_bytes(b"\x80\x02garbage" * 50)
+    else:
+        torch.save({"labels": [1, 2], "classes": 3, "paths": 4, "skipped": [], "digest": 5}, index_file)
+    capsys.readouterr()
+    for _ in range(2):  # rebuilt once, then read from the rebuilt cache without a warning
+        again = load_folder(tmp_path / "train", ["angry", "happy"], 48, cache)
+        assert torch.equal(again.images, fresh.images) and torch.equal(again.labels, fresh.labels)
+    err = capsys.readouterr().err
+    assert err.count("decoding again") + err.count("decoding the images again") == 1, err
+    assert "weights_only" not in err and "Traceback" not in err
+
+
 def test_preprocess_matches_batch_eval_path(tmp_path):
     img = make_image(3, size=(90, 70))
     x = preprocess(img, 64)

@@ -172,3 +172,25 @@ def test_evaluate_writes_null_not_nan_for_a_class_with_no_images(weights, tmp_pa
     out = capsys.readouterr().out
     assert "n/a" in out and "NaN" not in out and '"sad": null' in out.splitlines()[-1]
     assert np.isfinite(float(out.split("accuracy ")[1].split("%")[0]))
+
+
+@pytest.mark.parametrize("manifest, used", [
+    ("split,label,file,source_width,source_height\n" + "train,sad,x.jpg,300,200\n" * 3, True),
+    ("split,label,file,source_width,source_height\ntrain,sad,x.jpg,300,abc\n", False),   # not a number
+    ("split,label,file,source_width,source_height\ntrain,sad,x.jpg,0,200\n", False),     # not a size
+    ("split,label,file\ntrain,sad,x.jpg\n", False),                                       # no size columns
+    (b"\xff\xfe\x00garbage", False),                                                      # not UTF-8
+])
+def test_eda_survives_a_malformed_manifest(tmp_path, monkeypatch, capsys, manifest, used):
+    from train import eda
+    root = write_split_root(tmp_path / "data", per_class=2)
+    (root / "MANIFEST.csv").write_bytes(manifest if isinstance(manifest, bytes) else manifest.encode())
+    monkeypatch.setattr(eda, "ARTIFACTS", tmp_path / "artifacts")  # its cache stays in the test's folder
+    text = eda.run(root, tmp_path / "eda")
+    assert len(list((tmp_path / "eda").glob("*.png"))) == 4 and (tmp_path / "eda" / "summary.md").is_file()
+    err = capsys.readouterr().err
+    if used:
+        assert "3 images; width mean 300.0 px" in text and "MANIFEST" not in err
+    else:  # the files' own headers: 24 images of 48 x 40
+        assert "24 images; width mean 48.0 px, height mean 40.0 px" in text
+        assert "MANIFEST.csv" in err and "reading the sizes from the images instead" in err

@@ -129,6 +129,25 @@ def test_idx_reader_good_and_broken(tmp_path):
         mnist_scratch.main(["train", "--data-dir", str(tmp_path)])
 
 
+def test_idx_sets_that_parse_but_are_not_mnist_are_named(tmp_path):
+    empty = write_idx_set(tmp_path / "empty", n_train=0)
+    with pytest.raises(SystemExit, match="train-images-idx3-ubyte: holds no images"):
+        mnist_scratch.main(["train", "--data-dir", str(empty)])
+    d = write_idx_set(tmp_path / "label250", gz=False)
+    labels = bytearray((d / "t10k-labels-idx1-ubyte").read_bytes())
+    labels[8 + 5] = 250
+    (d / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))
+    with pytest.raises(SystemExit, match="t10k-labels-idx1-ubyte: label 250 at index 5; labels must be 0-9"):
+        mnist_scratch.main(["train", "--data-dir", str(d)])
+    write_idx(d / "t10k-images-idx3-ubyte", b"\x00" * 32 * 27 * 27, 0x803, (32, 27, 27))
+    with pytest.raises(IdxError, match="images of 27 x 27 pixels"):
+        mnist_scratch.load_idx_dir(d)
+    # a small gzip file that would inflate past any MNIST size stops at the bound
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(b"\x00" * (mnist_scratch.MAX_IDX_BYTES + 16), 1))
+    with pytest.raises(IdxError, match="inflates to more than"):
+        read_idx(tmp_path / "bomb.gz", 1)
+
+
 def test_smoke_train_and_sweep_write_every_artifact(tmp_path):
     d = write_idx_set(tmp_path / "idx", n_train=200, n_test=50)
     out = tmp_path / "out"

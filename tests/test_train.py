@@ -1,5 +1,7 @@
 import json
 import pickle
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +63,18 @@ def test_interrupted_run_resumes_to_the_same_result(split_root, full_and_cut):
 def test_resume_refuses_a_run_it_would_not_continue(split_root, full_and_cut, options, message):
     with pytest.raises(SystemExit, match=message):
         run_train(split_root, full_and_cut[1], "--seed", "5", *options, "--resume")
+
+
+def test_resume_compares_the_data_by_content_not_by_path(split_root, full_and_cut, tmp_path, monkeypatch):
+    full, cut = full_and_cut
+    grown = tmp_path / "grown"
+    shutil.copytree(split_root, grown)
+    shutil.copy(next((grown / "train" / "sad").iterdir()), grown / "train" / "sad" / "extra.png")
+    with pytest.raises(SystemExit, match="files of train/ under .*grown are not the ones this run trained on"):
+        run_train(grown, cut, "--epochs", "3", "--seed", "5", "--resume")
+    monkeypatch.chdir(split_root.parent)  # the same files reached by another path
+    resumed = run_train(Path(split_root.name), cut, "--epochs", "3", "--seed", "5", "--resume")
+    assert resumed["test_acc"] == full["test_acc"]
 
 
 def compare(*argv) -> dict:
@@ -244,6 +258,18 @@ def test_a_recipe_extends_another_and_overrides_its_options(tmp_path):
     (tmp_path / "sub" / "child.toml").write_text('extends = ["a.toml"]\n')
     with pytest.raises(SystemExit, match="'extends' takes one recipe file name"):
         dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
+
+
+def test_a_seed_file_stands_for_the_recipe_it_extends(tmp_path):
+    from train.recipes import drawn_recipe
+    (tmp_path / "base.toml").write_text('model = "nano"\nepochs = 7\n')
+    (tmp_path / "base-s1.toml").write_text('extends = "base.toml"\nseed = 1\n')
+    (tmp_path / "base-s1-again.toml").write_text('extends = "base-s1.toml"\n')
+    (tmp_path / "longer.toml").write_text('extends = "base.toml"\nseed = 1\nepochs = 9\n')
+    assert drawn_recipe(tmp_path / "base-s1.toml") == tmp_path / "base.toml"
+    assert drawn_recipe(tmp_path / "base-s1-again.toml") == tmp_path / "base.toml"
+    assert drawn_recipe(tmp_path / "longer.toml") == tmp_path / "longer.toml"   # another recipe, not a seed
+    assert drawn_recipe(tmp_path / "base.toml") == tmp_path / "base.toml"
 
 
 def test_every_recipe_in_the_repo_loads():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_serve
 from export.runtimes import FORMATS, make_runner
 from train.checkpoint import load_weights
 from train.common import REPO_ROOT, SHIPPED_WEIGHTS
@@ -42,11 +43,7 @@ def page(exported, tmp_path_factory):
     (root / "models").mkdir()
     for name in ("dog_emotion.onnx", "dog_emotion.int8.onnx", "dog_emotion.meta.json"):
         shutil.copy(out / name, root / "models" / name)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("serve", WEB / "serve.py")
-    serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve)
-    server = serve.make_server("127.0.0.1", 0, root)
+    server = load_serve().make_server("127.0.0.1", 0, root)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with pw.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])

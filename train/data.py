@@ -33,7 +33,7 @@ STD = (0.229, 0.224, 0.225)
 MEAN_NCHW, STD_NCHW = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)  # for whole batches
 MIN_SIDE = 32          # smaller images hold too little to classify: skipped, with a warning
 MAX_ASPECT = 10        # longer side over shorter: a panorama is about 4, a 32 x 1,500,000 strip is not a photo
-CACHE_VERSION = 3      # bump when decoding or the cache layout changes, so old caches are never reused
+CACHE_VERSION = 4      # bump when decoding or the cache layout changes, so old caches are never reused
 DEFAULT_DATA = REPO_ROOT / "data" / "dog_emotion"   # `make` links ../shared/datasets/dog_emotion here
 KAGGLE_HINT = ("Get the public Kaggle 'Dog Emotion' data set "
                "(https://www.kaggle.com/datasets/danielshanbalico/dog-emotion), then either point "
@@ -169,14 +169,15 @@ def _decode(path: Path, min_side: int) -> Image.Image:
             raise BadImage(f"{w}x{h} px is {w * h / 1e6:.0f} MP to decode, over the limit of {limit / 1e6:.0f} MP "
                            f"(DOG_EMOTION_MAX_PIXELS)")
         im.load()
-        im = ImageOps.exif_transpose(im)   # phone photos: upright as the camera meant them
+        # phone photos: upright as the camera meant them (in place: a 50 MP image is not copied twice)
+        ImageOps.exif_transpose(im, in_place=True)
         im = _to_8bit(im)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
             img = Image.new("RGB", rgba.size, (255, 255, 255))
             img.paste(rgba, mask=rgba.getchannel("A"))
             return img
-        return im.convert("RGB")
+        return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def load_rgb(path: str | Path, min_side: int = 0) -> Image.Image:
@@ -270,6 +271,7 @@ class DecodedSplit:
     classes: list[str]
     paths: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    key: str = ""                    # content_key of the files it was decoded from
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -309,40 +311,70 @@ def decode_items(items: list[tuple[Path, int]], classes: list[str], size: int, d
     return DecodedSplit(stacked, torch.tensor(labels, dtype=torch.long), classes, paths, skipped)
 
 
-def map_images(path: Path, count: int, size: int) -> torch.Tensor | None:
+def file_digest(path: Path) -> str:
+    """sha1 of a file's bytes, read in chunks: a cache file is checked before its images are used."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def map_images(path: Path, count: int, size: int) -> torch.Tensor:
     """The (count, 3, size, size) uint8 images of a cache file, memory-mapped: pages are read
     from disk as batches touch them and shared by every process that maps the same file (DDP
-    ranks). None if the file is missing or not of the expected length (an interrupted write)."""
-    nbytes = count * 3 * size * size
-    if not path.is_file() or path.stat().st_size != nbytes:
-        return None
+    ranks)."""
     if count == 0:
         return torch.empty(0, 3, size, size, dtype=torch.uint8)
     # shared=False maps the file copy-on-write: nothing done to the tensor can change the cache
-    return torch.from_file(str(path), shared=False, size=nbytes, dtype=torch.uint8).view(count, 3, size, size)
+    return torch.from_file(str(path), shared=False, size=count * 3 * size * size,
+                           dtype=torch.uint8).view(count, 3, size, size)
+
+
+def read_cache(index_file: Path, images_file: Path, size: int) -> DecodedSplit | None:
+    """A cached split if its index reads and its images file is the one the index describes
+    (length and sha1); otherwise None, with a warning saying why, and the caller decodes again."""
+    if not index_file.exists():
+        return None
+    try:
+        d = torch.load(index_file, weights_only=True)
+        labels, classes, paths, skipped, digest = (d["labels"], d["classes"], d["paths"], d["skipped"], d["digest"])
+        if not (isinstance(labels, torch.Tensor) and labels.dtype == torch.long and labels.dim() == 1
+                and len(paths) == len(labels) and isinstance(digest, str)):
+            raise ValueError("fields of the wrong type or length")
+    except Exception as e:  # any unreadable index is rebuilt, never trusted and never fatal
+        warn(f"{index_file}: cache index unreadable ({type(e).__name__}); decoding the images again")
+        return None
+    count = len(labels)
+    if not images_file.is_file() or images_file.stat().st_size != count * 3 * size * size \
+            or file_digest(images_file) != digest:
+        warn(f"{images_file}: cache images missing or not the ones its index describes; decoding again")
+        return None
+    for s in skipped:
+        warn(f"skipped {s} (cached)")
+    return DecodedSplit(map_images(images_file, count, size), labels, classes, paths, skipped)
 
 
 def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | None = None) -> DecodedSplit:
     """Decode every image under folder/<class>/ once. With a cache folder, the decoded images are
-    streamed into a raw uint8 file keyed by content (plus a small index of labels and paths) and
-    memory-mapped from there, on this run and every later one."""
+    streamed into a raw uint8 file keyed by content (plus a small index of labels, paths and the
+    file's sha1) and memory-mapped from there, on this run and every later one."""
     items = list_images(folder, classes)
     if not items:
         raise DataError(f"{folder}: no images found in any class folder ({', '.join(classes)})")
+    key = content_key(items, classes, size)
     if cache_dir is None:
         split = decode_items(items, classes, size, folder.name)
         if len(split) == 0:
             raise DataError(f"{folder}: none of the {len(items)} files could be decoded")
+        split.key = key
         return split
-    stem = Path(cache_dir) / f"{folder.name}-{size}px-{content_key(items, classes, size)}"
+    stem = Path(cache_dir) / f"{folder.name}-{size}px-{key}"
     index_file, images_file = stem.with_suffix(".pt"), stem.with_suffix(".u8")
-    if index_file.exists():
-        d = torch.load(index_file, weights_only=True)
-        images = map_images(images_file, len(d["labels"]), size)
-        if images is not None:
-            for s in d["skipped"]:
-                warn(f"skipped {s} (cached)")
-            return DecodedSplit(images, d["labels"], d["classes"], d["paths"], d["skipped"])
+    cached = read_cache(index_file, images_file, size)
+    if cached is not None:
+        cached.key = key
+        return cached
     tmp = temp_path(images_file)
     try:
         with open(tmp, "wb") as f:
@@ -354,8 +386,8 @@ def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | N
         tmp.unlink(missing_ok=True)
     # the index is written last: its presence says the images file beside it is complete
     save_torch({"labels": split.labels, "classes": split.classes, "paths": split.paths,
-                "skipped": split.skipped}, index_file)
-    split.images = map_images(images_file, len(split), size)
+                "skipped": split.skipped, "digest": file_digest(images_file)}, index_file)
+    split.images, split.key = map_images(images_file, len(split), size), key
     return split
 
 

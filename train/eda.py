@@ -14,19 +14,45 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from train.common import ARTIFACTS, command_errors, markdown_table, save_text
-from train.data import DEFAULT_DATA, SPLITS, class_names, list_images, load_splits
+from train.common import ARTIFACTS, command_errors, markdown_table, save_text, warn
+from train.data import DEFAULT_DATA, SPLITS, DataError, class_names, list_images, load_splits
 from train.plots import image_grid, plt, save_figure
 
 HIST_SIZE = 72  # colour statistics need no detail: small decoded squares keep the pass over every split fast
 
 
+def manifest_sizes(manifest: Path) -> list[tuple[int, int]]:
+    """(source_width, source_height) of every row of a MANIFEST.csv; DataError naming the line
+    of the first row that does not hold two positive whole numbers there."""
+    sizes = []
+    try:
+        with open(manifest, newline="", encoding="utf-8") as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    w, h = int(row["source_width"]), int(row["source_height"])
+                except (KeyError, TypeError, ValueError):
+                    raise DataError(f"{manifest}: line {line} has no whole-number source_width and "
+                                    "source_height") from None
+                if w <= 0 or h <= 0:
+                    raise DataError(f"{manifest}: line {line} gives a size of {w} x {h}")
+                sizes.append((w, h))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{manifest}: not a readable CSV file ({e})") from None
+    return sizes
+
+
 def source_sizes(root: Path, classes: list[str]) -> list[tuple[int, int]]:
-    """(width, height) of every source image: MANIFEST.csv if present (sizes before downscaling)."""
+    """(width, height) of every source image: MANIFEST.csv if present and well formed (sizes
+    before downscaling), else the files' own headers."""
     manifest = root / "MANIFEST.csv"
     if manifest.is_file():
-        with open(manifest) as f:
-            return [(int(r["source_width"]), int(r["source_height"])) for r in csv.DictReader(f)]
+        try:
+            sizes = manifest_sizes(manifest)
+            if sizes:
+                return sizes
+            warn(f"{manifest}: no rows; reading the sizes from the images instead")
+        except DataError as e:
+            warn(f"{e}; reading the sizes from the images instead")
     sizes = []
     for split in SPLITS:
         for path, _ in list_images(root / split, classes) if (root / split).is_dir() else []:
@@ -101,8 +127,8 @@ def run(root: Path, out: Path) -> str:
                        cache_dir=ARTIFACTS / "cache")
     classes = class_names(root)
     counts = {s: np.bincount(d.labels.numpy(), minlength=len(classes)) for s, d in data.items()}
-    plot_label_counts(counts, classes, out)
     sizes = np.array(source_sizes(root, classes))
+    plot_label_counts(counts, classes, out)
     plot_sizes(sizes, out)
     ref = data.get("train") or next(iter(data.values()))  # the train split, or the first one present
     channel_means = plot_colours(ref, classes, out)

@@ -284,8 +284,13 @@ def build_run(args, config, procs: Processes) -> Run:
     return Run(model, net, ema, optimizer, order_gen, aug_gen, channels_last)
 
 
-def restore(run: Run, ckpt_path: Path, args, procs: Processes) -> None:
-    """Continue a stopped run from its checkpoint, refusing one that would not continue the same run."""
+def data_keys(data: dict) -> dict:
+    return {s: d.key for s, d in data.items()}
+
+
+def restore(run: Run, ckpt_path: Path, args, procs: Processes, data: dict) -> None:
+    """Continue a stopped run from its checkpoint, refusing one that would not continue the same run:
+    other options, or other data (by the files' content; the path it is reached by may differ)."""
     if not ckpt_path.exists():
         raise CheckpointError(f"{ckpt_path}: nothing to resume (no checkpoint there)")
     state = safe_load(ckpt_path)
@@ -295,12 +300,17 @@ def restore(run: Run, ckpt_path: Path, args, procs: Processes) -> None:
         raise CheckpointError(f"{ckpt_path}: written by a run of {state['processes']} processes; resume it with "
                               f"as many (this one has {procs.world})")
     # an option the checkpoint does not know was added later: its default is the old behaviour
+    by_content = "data_keys" in state  # absent: written before the data's content was recorded
     changed = {k: (state["args"][k], v) for k, v in result_options(vars(args)).items()
-               if k in state["args"] and state["args"][k] != v}
+               if k in state["args"] and state["args"][k] != v and not (by_content and k == "data")}
     if changed:
         raise CheckpointError(f"{ckpt_path}: was written with other options ("
                               + ", ".join(f"{k}={old!r}, now {new!r}" for k, (old, new) in changed.items())
                               + "); resume with the same options")
+    moved = [s for s, key in data_keys(data).items() if by_content and state["data_keys"].get(s) != key]
+    if moved:
+        raise CheckpointError(f"{ckpt_path}: the files of {'/, '.join(moved)}/ under {args.data} are not the ones this run "
+                              "trained on (added, removed or changed since); resume with that data, or start a new run")
     if state.get("channels_last", False) != run.channels_last:  # absent: written before there was a choice
         raise CheckpointError(f"{ckpt_path}: was written in the {layout_name(not run.channels_last)} "
                               f"layout, this run would be {layout_name(run.channels_last)}; "
@@ -316,12 +326,12 @@ def restore(run: Run, ckpt_path: Path, args, procs: Processes) -> None:
     run.history, run.best, run.step, run.epoch = state["history"], state["best"], state["step"], state["epoch"]
 
 
-def save_checkpoint(run: Run, args, procs: Processes, rank_states: list, path: Path) -> None:
+def save_checkpoint(run: Run, args, procs: Processes, rank_states: list, data: dict, path: Path) -> None:
     save_torch({"args": vars(args), "epoch": run.epoch, "step": run.step, "model": run.model.state_dict(),
                 "ema": run.ema.model.state_dict(), "ema_updates": run.ema.updates,
                 "optimizer": run.optimizer.state_dict(), "order_gen": run.order_gen.get_state(),
                 "rank_states": rank_states, "processes": procs.world, "history": run.history, "best": run.best,
-                "channels_last": run.channels_last}, path)
+                "channels_last": run.channels_last, "data_keys": data_keys(data)}, path)
 
 
 def end_epoch(run: Run, epoch: int, tr: dict, data: dict, args, classes: list[str], t0: float, out: Path) -> None:
@@ -343,9 +353,10 @@ class TrainingStopped(DataError):
     """A run that cannot go on: interrupted, or its loss is no longer a number."""
 
 
-def check_out(out: Path, args) -> None:
+def check_out(out: Path, args, main: bool = True) -> None:
     """--out must be a folder this run may write: not a file, and not another run's folder unless
-    --resume (continue it) or --force (replace it) says so."""
+    --resume (continue it) or --force (replace it) says so. The main process (rank 0, the one that
+    writes there) also removes the temp files a killed run left."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: is a file, not a folder")
     if not args.resume and not args.force and any((out / f).exists() for f in ("last.ckpt", "metrics.json")):
@@ -353,7 +364,7 @@ def check_out(out: Path, args) -> None:
                         "--force replaces it, or choose another --out")
     if args.resume and (out / "metrics.json").exists() and not (out / "last.ckpt").exists():
         raise DataError(f"--out {out}: holds a finished run with no checkpoint to resume")
-    for stale in out.glob(".*.tmp") if out.is_dir() else ():   # left by a run killed mid-write: never renamed
+    for stale in out.glob(".*.tmp") if main and out.is_dir() else ():   # left by a run killed mid-write: never renamed
         if stale.is_file():
             stale.unlink(missing_ok=True)
 
@@ -367,7 +378,7 @@ def fit(args) -> dict:
     if args.amp and procs.device.type != "cuda":
         raise DataError(f"--amp (bf16 autocast) is for CUDA devices; this run is on {procs.device}")
     out, log = Path(args.out), (print if procs.main else (lambda *a, **k: None))
-    check_out(out, args)
+    check_out(out, args, procs.main)
     config = run_config(args)
     data = load_data(args, config, procs, out, log)
     classes = data["train"].classes
@@ -380,7 +391,7 @@ def fit(args) -> dict:
         raise DataError(f"train split has {len(data['train'])} images, fewer than one batch of {global_batch}"
                         + (f" ({args.batch_size} per process x {procs.world})" if procs.world > 1 else ""))
     if args.resume:
-        restore(run, out / "last.ckpt", args, procs)
+        restore(run, out / "last.ckpt", args, procs, data)
         log(f"resumed from {out / 'last.ckpt'} at epoch {run.epoch + 1}")
     log(f"model: {args.model}  params={count_parameters(run.model):,} while training, "
         f"{inference_parameters(run.model):,} folded for inference  input={config.input_size}px  "
@@ -405,7 +416,7 @@ def fit(args) -> dict:
         stopping = bool(args.stop_after) and epoch >= args.stop_after
         if procs.main:
             end_epoch(run, epoch, tr, data, args, classes, t0, out)
-            save_checkpoint(run, args, procs, rank_states, out / "last.ckpt")
+            save_checkpoint(run, args, procs, rank_states, data, out / "last.ckpt")
             plot_curves(run.history, out / "curves.png", f"{args.model} ({count_parameters(run.model):,} params): "
                         "train = running, on augmented batches; val = EMA weights")
         if stopping:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import math
 import struct
 import time
@@ -30,6 +31,8 @@ from train.scratch_ops import cross_entropy, d_cross_entropy, one_hot, sigmoid, 
 IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned-byte data, 3 dims (images) or 1 dim (labels)
+NUM_CLASSES = 10
+MAX_IDX_BYTES = 100 * 2**20  # MNIST's 60,000 training images are 47 MB; a bound keeps a bad file from filling memory
 
 
 class IdxError(ProjectError):
@@ -41,12 +44,17 @@ class IdxError(ProjectError):
 def read_idx(path: str | Path, ndim: int) -> torch.Tensor:
     """Read an IDX file (plain or .gz) of unsigned bytes with `ndim` dimensions, checking every size."""
     path = Path(path)
+    if path.stat().st_size > MAX_IDX_BYTES:
+        raise IdxError(f"{path}: {path.stat().st_size:,} bytes, more than an MNIST-sized IDX file ({MAX_IDX_BYTES:,} at most)")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
+        try:  # read at most one byte past the limit: a small file that inflates to gigabytes stops there
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+                raw = f.read(MAX_IDX_BYTES + 1)
         except (OSError, EOFError) as e:
             raise IdxError(f"{path}: broken gzip stream ({e})") from None
+        if len(raw) > MAX_IDX_BYTES:
+            raise IdxError(f"{path}: inflates to more than {MAX_IDX_BYTES:,} bytes, more than an MNIST-sized IDX file")
     if len(raw) < 4 + 4 * ndim:
         raise IdxError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
     magic = struct.unpack(">I", raw[:4])[0]
@@ -57,6 +65,8 @@ def read_idx(path: str | Path, ndim: int) -> torch.Tensor:
     expected = 4 + 4 * ndim + math.prod(dims)
     if len(raw) != expected:
         raise IdxError(f"{path}: header says {dims} -> {expected} bytes, file has {len(raw)} (truncated or wrong file)")
+    if expected == 4 + 4 * ndim:  # no items: frombuffer refuses an empty buffer; load_idx_dir names the file
+        return torch.zeros(dims, dtype=torch.uint8)
     return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).reshape(dims)
 
 
@@ -82,8 +92,18 @@ def load_idx_dir(data_dir: str | Path) -> Digits:
         raise IdxError(f"{data_dir}: folder not found")
     t = {k: read_idx(find_idx(data_dir, v), 3 if k.endswith("images") else 1) for k, v in IDX_FILES.items()}
     for split in ("train", "test"):
-        if len(t[f"{split}_images"]) != len(t[f"{split}_labels"]):
-            raise IdxError(f"{data_dir}: {split} has {len(t[f'{split}_images'])} images but {len(t[f'{split}_labels'])} labels")
+        images, labels = t[f"{split}_images"], t[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise IdxError(f"{data_dir}: {split} has {len(images)} images but {len(labels)} labels")
+        if len(images) == 0:
+            raise IdxError(f"{data_dir / IDX_FILES[split + '_images']}: holds no images")
+        if tuple(images.shape[1:]) != (28, 28):
+            raise IdxError(f"{data_dir / IDX_FILES[split + '_images']}: images of {images.shape[1]} x {images.shape[2]} "
+                           "pixels; the network takes MNIST's 28 x 28")
+        if int(labels.max()) >= NUM_CLASSES:
+            bad = int(torch.nonzero(labels >= NUM_CLASSES)[0])
+            raise IdxError(f"{data_dir / IDX_FILES[split + '_labels']}: label {int(labels[bad])} at index {bad}; "
+                           f"labels must be 0-{NUM_CLASSES - 1}")
     return Digits(t["train_images"].reshape(len(t["train_images"]), -1).float() / 255, t["train_labels"].long(),
                   t["test_images"].reshape(len(t["test_images"]), -1).float() / 255, t["test_labels"].long(),
                   f"IDX files in {data_dir} ({len(t['train_labels'])} train / {len(t['test_labels'])} test)")
@@ -112,7 +132,7 @@ def load_digits(data_dir: str | None) -> Digits:
 def init_params(init: str, seed: int, hidden: int = 128, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """'randn': plain N(0, 1) weights, which saturate the sigmoids (kept for comparison); 'xavier': Glorot-normal, std sqrt(2 / (fan_in + fan_out))."""
     gen = torch.Generator().manual_seed(seed)
-    shapes = {"W1": (784, hidden), "W2": (hidden, 10)}
+    shapes = {"W1": (784, hidden), "W2": (hidden, NUM_CLASSES)}
     params = {}
     for name, (fan_in, fan_out) in shapes.items():
         std = 1.0 if init == "randn" else math.sqrt(2 / (fan_in + fan_out))

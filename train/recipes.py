@@ -72,6 +72,16 @@ def read_recipe(path: Path, chain: tuple = ()) -> dict:
     return options
 
 
+def drawn_recipe(path: Path) -> Path:
+    """The recipe a file draws from: a file that only `extends` another and sets `seed` is a seed of
+    that one (recipes/mini14-final-s1.toml -> recipes/mini14-final.toml), so its runs are judged together."""
+    path = Path(path)
+    own = {key for key, (_, source) in read_recipe(path).items() if source == path}
+    with open(path, "rb") as f:   # read_recipe above has checked it is a small, valid TOML file
+        base = tomllib.load(f).get("extends")
+    return drawn_recipe(path.parent / base) if base and own <= {"seed"} else path
+
+
 def as_argv(key: str, value) -> list[str]:
     """One recipe entry as the command line would spell it."""
     flag = "--" + key.replace("_", "-")

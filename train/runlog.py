@@ -23,7 +23,7 @@ from mobile_model import count_macs
 from train.checkpoint import load_weights, safe_load
 from train.common import REPO_ROOT, atomic_write, cpu_description
 from train.data import DataError
-from train.recipes import recipe_key, recipe_overrides
+from train.recipes import drawn_recipe, recipe_key, recipe_overrides
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -110,7 +110,7 @@ def log_row(run_dir: str | Path, note: str = "") -> dict:
         m = json.load(f)
     a = m["args"]
     model, _ = load_weights(run_dir / "dog_emotion.pkl")
-    recipe = Path(a["config"]).resolve() if a.get("config") else None
+    recipe = drawn_recipe(Path(a["config"])).resolve() if a.get("config") else None   # a seed file: its base
     return {"run": run_dir.name, "recipe": str(recipe.relative_to(REPO_ROOT)) if recipe and recipe.is_relative_to(REPO_ROOT)
             else str(recipe or ""), "options": recipe_overrides(a),
             "model": a["model"], "seed": a["seed"], "teacher": [teacher_name(t) for t in a.get("teacher", [])],

@@ -1,0 +1,87 @@
+"""The demo server as a network sees it: only the page's files, no listings, bounded threads, clean
+errors. No browser needed (test_web_demo.py drives the page itself)."""
+import http.client
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import load_serve
+
+serve = load_serve()
+RUNTIME = "node_modules/onnxruntime-web/dist"
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "web"
+    for rel in ("index.html", "app.js", "style.css", "serve.py", "models/dog_emotion.onnx", "models/other.onnx",
+                f"{RUNTIME}/ort.wasm.min.js", f"{RUNTIME}/ort-wasm-simd-threaded.wasm",
+                "node_modules/onnxruntime-web/package.json", f"{RUNTIME}/sub/x.js"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    srv = serve.make_server("127.0.0.1", 0, root, timeout=0.5, workers=4)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def get(srv, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_port, timeout=5)
+    conn.putrequest("GET", path, skip_accept_encoding=True)  # putrequest sends the path as given, %00 and all
+    conn.endheaders()
+    resp = conn.getresponse()
+    status, body = resp.status, resp.read()
+    conn.close()
+    return status, body
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/", 200), ("/index.html", 200), ("/app.js?v=2", 200), ("/models/dog_emotion.onnx", 200),
+    (f"/{RUNTIME}/ort.wasm.min.js", 200), (f"/{RUNTIME}/ort-wasm-simd-threaded.wasm", 200),
+    ("/serve.py", 404), ("/serve.py%00.html", 404), ("/models/", 404), ("/node_modules/", 404),
+    (f"/{RUNTIME}/", 404), ("/models/other.onnx", 404), ("/node_modules/onnxruntime-web/package.json", 404),
+    (f"/{RUNTIME}/sub/x.js", 404), ("/../web/index.html", 404), ("/%2e%2e/web/index.html", 404),
+    ("/models%2fdog_emotion.onnx%ff", 404), ("//etc/passwd", 404),
+])
+def test_only_the_pages_files_are_served(server, capfd, path, status):
+    code, body = get(server, path)
+    assert code == status, (path, body[:200])
+    if status == 200:
+        assert body.decode() in path or path == "/" and body == b"index.html"
+    else:
+        assert b"not part of the demo" in body
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_idle_connections_cannot_hold_the_server(server):
+    base = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.server_port)) for _ in range(40)]
+    time.sleep(0.2)
+    assert threading.active_count() <= base + 4, "one thread per connection"
+    t0 = time.monotonic()
+    assert get(server, "/")[0] == 200, "idle sockets time out (0.5 s each, 4 workers) and free their workers"
+    assert time.monotonic() - t0 < 10
+    for s in idle:
+        s.close()
+
+
+def test_bad_port_and_host_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    for port in ("70000", "-1", "http"):
+        with pytest.raises(SystemExit) as e:
+            serve.main(["--port", port])
+        assert e.value.code == 2 and "--port" in capsys.readouterr().err
+    for rel in ("models/dog_emotion.onnx", "models/dog_emotion.meta.json", "node_modules/onnxruntime-web/x"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    monkeypatch.setattr(serve, "HERE", tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for host, port in (("no-such-host.invalid", "8000"), ("127.0.0.1", str(taken.getsockname()[1]))):
+            with pytest.raises(SystemExit) as e:
+                serve.main(["--host", host, "--port", port])
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and f"error: cannot listen on {host}:{port}: " in err and "Traceback" not in err
