@@ -306,8 +306,9 @@ def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path)
     run_train(split_root, tmp_path / "s1", "--epochs", "2", "--seed", "1", "--branches", "1")
     log = tmp_path / "runs.jsonl"
     results.main(["--log", str(log), "add", str(tmp_path / "s0"), str(tmp_path / "s1"), "--note", "two seeds"])
-    results.main(["--log", str(log), "add", str(tmp_path / "s1")])            # again: replaced, not doubled
+    results.main(["--log", str(log), "add", str(tmp_path / "s1"), "--read-test", str(split_root)])  # replaced, not doubled
     rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows[1]["test"] == json.loads((tmp_path / "s1" / "metrics.json").read_text())["test_acc"]  # read again, the same
     finals = [json.loads((tmp_path / s / "metrics.json").read_text())["final_val_acc"] for s in ("s0", "s1")]
     assert [r["run"] for r in rows] == ["s0", "s1"] and [r["final_val"] for r in rows] == finals
     assert rows[0]["options"].startswith("--batch-size 8 --branches 1") and rows[0]["macs"] > 0

@@ -1,6 +1,6 @@
 """The run log and the tables made from it: docs/runs.jsonl -> docs/results.md's tables, docs/frontier.png.
 
-    python -m train.results add RUN_DIR... [--note TEXT]   # a finished run's row into the log
+    python -m train.results add RUN_DIR... [--note TEXT] [--read-test DATA]   # a finished run's row into the log
     python -m train.results render                          # make results: the tables and the plot
 
 Every run of the search is one JSON line (recipe, options, seed, teacher, params, MACs, epochs,
@@ -93,6 +93,12 @@ def render(log: Path = RUN_LOG, page: Path = RESULTS, figure: Path = FRONTIER) -
     print(f"rendered {len(rows)} runs of {log} into {page} and {figure}")
 
 
+def test_accuracy(weights: Path, data: str) -> float:
+    from train import dog_emotion   # the evaluate command itself: the same numbers `make evaluate` prints
+    return dog_emotion.cmd_evaluate(dog_emotion.parse_args(
+        ["evaluate", "--data", data, "--split", "test", "--weights", str(weights)]))["accuracy"]
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", default=str(RUN_LOG), help="the run log, JSON lines (default: %(default)s)")
@@ -100,6 +106,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("add", help="add finished runs (their metrics.json) to the log, replacing rows of the same name")
     a.add_argument("runs", nargs="+", help="run folders (the --out of `train`)")
     a.add_argument("--note", default="", help="what the run was for (default: none)")
+    a.add_argument("--read-test", metavar="DATA", default=None,
+                   help="evaluate each run's weights on the test split of this split root and log that "
+                        "(runs trained with --no-test; the protocol reads a size's seeds at once) (default: the "
+                        "test the run itself read, if any)")
     sub.add_parser("render", help="rewrite docs/results.md's generated tables and docs/frontier.png from the log")
     return p
 
@@ -109,8 +119,11 @@ def main(argv=None) -> None:
     with command_errors():
         if args.command == "add":
             for run in args.runs:
-                append_log(log_row(run, args.note), Path(args.log))
-                print(f"logged {run}")
+                row = log_row(run, args.note)
+                if args.read_test:
+                    row["test"] = test_accuracy(Path(run) / "dog_emotion.pkl", args.read_test)
+                append_log(row, Path(args.log))
+                print(f"logged {run}" + (f": test {row['test']:.2f}%" if row["test"] is not None else ""))
         else:
             render(Path(args.log))
 
