@@ -367,14 +367,20 @@ def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | N
         split = decode_items(items, classes, size, folder.name)
         if len(split) == 0:
             raise DataError(f"{folder}: none of the {len(items)} files could be decoded")
-        split.key = key
-        return split
-    stem = Path(cache_dir) / f"{folder.name}-{size}px-{key}"
-    index_file, images_file = stem.with_suffix(".pt"), stem.with_suffix(".u8")
-    cached = read_cache(index_file, images_file, size)
-    if cached is not None:
-        cached.key = key
-        return cached
+    else:
+        stem = Path(cache_dir) / f"{folder.name}-{size}px-{key}"
+        index_file, images_file = stem.with_suffix(".pt"), stem.with_suffix(".u8")
+        split = read_cache(index_file, images_file, size)
+        if split is None:
+            split = write_cache(items, classes, size, folder, index_file, images_file)
+    split.key = key
+    return split
+
+
+def write_cache(items: list[tuple[Path, int]], classes: list[str], size: int, folder: Path,
+                index_file: Path, images_file: Path) -> DecodedSplit:
+    """Decode the items straight into the cache's images file, then write its index; the split
+    returned maps the file."""
     tmp = temp_path(images_file)
     try:
         with open(tmp, "wb") as f:
@@ -387,7 +393,7 @@ def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | N
     # the index is written last: its presence says the images file beside it is complete
     save_torch({"labels": split.labels, "classes": split.classes, "paths": split.paths,
                 "skipped": split.skipped, "digest": file_digest(images_file)}, index_file)
-    split.images, split.key = map_images(images_file, len(split), size), key
+    split.images = map_images(images_file, len(split), size)
     return split
 
 

@@ -307,7 +307,7 @@ def restore(run: Run, ckpt_path: Path, args, procs: Processes, data: dict) -> No
         raise CheckpointError(f"{ckpt_path}: was written with other options ("
                               + ", ".join(f"{k}={old!r}, now {new!r}" for k, (old, new) in changed.items())
                               + "); resume with the same options")
-    moved = [s for s, key in data_keys(data).items() if by_content and state["data_keys"].get(s) != key]
+    moved = [s for s, key in data_keys(data).items() if state["data_keys"].get(s) != key] if by_content else []
     if moved:
         raise CheckpointError(f"{ckpt_path}: the files of {'/, '.join(moved)}/ under {args.data} are not the ones this run "
                               "trained on (added, removed or changed since); resume with that data, or start a new run")
