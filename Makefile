@@ -23,7 +23,7 @@ RECIPE ?= recipes/mini14-long.toml
 # (train.common.keep_freed_memory), so `python -m train.dog_emotion train` runs at the same speed.
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data predict train train-quick train-ddp teacher teachers train-all sizes results demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
+.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers train-all sizes results demo eda prepare-data evaluate profile export bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,15 @@ $(STAMP): requirements.txt requirements.lock
 	touch $@
 
 venv: $(STAMP) ## create/refresh the virtualenv (.venv) with the pinned packages
+
+# The LiteRT converter in its own environment (about 7 GB with torch; export/litert_export.py says why)
+LITERT_STAMP := .venv-litert/.installed
+$(LITERT_STAMP): requirements-litert.lock
+	test -x .venv-litert/bin/python || $(PYTHON_BASE) -m venv .venv-litert
+	.venv-litert/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-litert.lock
+	touch $@
+
+venv-litert: $(LITERT_STAMP) ## the LiteRT converter's own virtualenv (.venv-litert), for the .tflite files of make export
 
 # The default data set is linked, never copied; DATA=... points anywhere else.
 data/dog_emotion:
@@ -108,7 +117,7 @@ prepare-data: $(STAMP) ## RAW=<Kaggle download> -> deduplicated, split copy in O
 profile: $(STAMP) ## parameters and MACs per layer of WEIGHTS (thop + FlopCounterMode) -> artifacts/profile/
 	$(PY) -m export.profile --weights $(WEIGHTS) $(ARGS)
 
-export: $(STAMP) data ## TorchScript, ONNX, .ort, INT8 ONNX and .pte (FP32, INT8) of WEIGHTS, each verified -> artifacts/export/
+export: $(STAMP) data ## TorchScript, ONNX, .ort, INT8 ONNX, .pte and .tflite (FP32, INT8; .tflite after make venv-litert) of WEIGHTS, each verified -> artifacts/export/
 	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA) $(ARGS)
 
 artifacts/export/dog_emotion.onnx: $(WEIGHTS) | $(STAMP) data

@@ -4,7 +4,9 @@ Per format and thread count: file size, test accuracy, batch-1 latency p50/p90/p
 timed runs after warm-up, batch-32 throughput (median of its runs), and ratios to eager at the
 same thread count. onnxruntime: ORT_ENABLE_ALL, intra-op threads as stated, inter-op 1;
 PyTorch: torch.set_num_threads as stated. ExecuTorch (.pte): its Python runtime has no thread
-setting, so its XNNPACK threadpool runs with the runtime's default in both rows.
+setting, so its XNNPACK threadpool runs with the runtime's default in both rows. LiteRT
+(.tflite): ai-edge-litert's interpreter with its default XNNPACK delegate and num_threads as
+stated; the files take a batch of 1, so its batch-32 column is 32 calls.
 """
 from __future__ import annotations
 
@@ -19,14 +21,16 @@ from train.common import accuracy
 from train.data import DataError
 from train.plots import plt, save_figure
 
-ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "ort_fp32", "onnx_int8", "pte_fp32", "pte_int8")
+ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "ort_fp32", "onnx_int8", "pte_fp32", "pte_int8", "tflite_fp32",
+               "tflite_int8")
 COLUMNS = {"format": "format", "threads": "threads", "size_kb": "size (kB)", "test_acc": "test acc (%)",
            "p50_ms": "p50 (ms)", "p90_ms": "p90 (ms)", "p99_ms": "p99 (ms)", "batch32_img_per_s": "batch-32 (img/s)",
            "p50_vs_eager": "p50 vs eager", "batch32_vs_eager": "batch-32 vs eager"}
 
 
-# the export refuses to write an INT8 program that fails its accuracy check: no row then
-OPTIONAL_FORMATS = ("pte_int8",)
+# the export refuses to write an INT8 program that fails its accuracy check, and writes no .tflite
+# file without the LiteRT converter (make venv-litert): no row then
+OPTIONAL_FORMATS = ("pte_int8", "tflite_fp32", "tflite_int8")
 
 
 def check_exports(export_dir: Path) -> list[str]:
@@ -37,7 +41,7 @@ def check_exports(export_dir: Path) -> list[str]:
                                 f"({', '.join(FORMATS[f] for f in missing)}); run `make export` first")
     for f in OPTIONAL_FORMATS:
         if not (export_dir / FORMATS[f]).is_file():
-            print(f"  no {FORMATS[f]} (the export did not keep it: see parity.md); no row for {f}")
+            print(f"  no {FORMATS[f]} (the export did not write or keep it: parity.md says why); no row for {f}")
     return [f for f in ROW_FORMATS if f == "eager" or (export_dir / FORMATS[f]).is_file()]
 
 

@@ -2,8 +2,10 @@
 
     python -m export.export [--weights weights/dog_emotion.pkl] [--data DIR] [--out artifacts/export]   # make export
 
-Formats: TorchScript, ONNX FP32, onnxruntime Mobile's .ort (FP32), INT8 ONNX, and ExecuTorch
-programs for XNNPACK (.pte, FP32 and INT8; export/executorch_export.py). Every file is written
+Formats: TorchScript, ONNX FP32, onnxruntime Mobile's .ort (FP32), INT8 ONNX, ExecuTorch
+programs for XNNPACK (.pte, FP32 and INT8; export/executorch_export.py) and LiteRT's .tflite
+(FP32 and INT8; export/litert_export.py, run in the converter's own environment, .venv-litert,
+and left out with a note when that is not installed). Every file is written
 under a temporary name, checked (loads, agrees with eager PyTorch on the real test split), and
 only then renamed into place. FP32 formats must agree with eager on every image within 1e-4 on
 the logits; INT8 may lose at most 1 accuracy point against FP32. The parity table (Markdown +
@@ -35,7 +37,7 @@ from export.executorch_export import export_pte
 from export.runtimes import FORMATS, batched_logits, make_runner
 from train.checkpoint import load_for_export, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, command_errors, cpu_description,
-                          markdown_table, save_json, save_text, temp_path)
+                          markdown_table, save_json, save_text, save_torch, temp_path)
 from train.data import (DEFAULT_DATA, DecodedSplit, check_data_root, eval_batches, load_folder, preprocess_spec,
                         storage_size)
 
@@ -45,6 +47,8 @@ INT8_MAX_DROP = 1.0  # accuracy points
 INT8_MIN_AGREEMENT = 95.0  # % of test images with the FP32 label
 METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte files and the web demo
 CALIBRATED_WEIGHTS = "dog_emotion.pkl"      # the weights with the temperature folded in: for `predict --weights`
+LITERT_PYTHON = REPO_ROOT / ".venv-litert" / "bin" / "python"   # the LiteRT converter's environment (make venv-litert)
+LITERT_MISSING = f"the LiteRT converter is not installed ({LITERT_PYTHON} not found): `make venv-litert` installs it"
 
 
 class ExportError(ProjectError):
@@ -252,6 +256,28 @@ def write_pte_int8(job: ExportJob, tmp: Path) -> list[str]:
     return export_pte(job.model, tmp, list(eval_batches(job.calib, job.size, 32)))
 
 
+def run_litert(args: list[str], what: str) -> None:
+    """One step of export/litert_export.py in the converter's environment; its (long) log is
+    shown only when it fails."""
+    done = subprocess.run([str(LITERT_PYTHON), "-m", "export.litert_export", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ExportError(f"LiteRT {what} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+
+
+def write_tflite_fp32(job: ExportJob, tmp: Path) -> None:
+    weights = job.temp("litert-input.pkl")     # the model as this export has it (temperature folded in)
+    save_weights(job.model, job.meta["classes"], weights)
+    run_litert(["fp32", "--weights", str(weights), "--out", str(tmp)], "conversion")
+
+
+def write_tflite_int8(job: ExportJob, tmp: Path) -> None:
+    calib = job.temp("litert-calibration.pt")  # the INT8 ONNX file's calibration images
+    save_torch(job.calib, calib)
+    run_litert(["int8", "--tflite", str(job.out / FORMATS["tflite_fp32"]), "--calib", str(calib), "--out", str(tmp)],
+               "INT8 quantization")
+
+
 # Every format but INT8 ONNX (searched below), in the order written: (format, writer, precision,
 # columns of its parity row). A writer fills its temporary file and returns notes for the report.
 FP32, INT8 = "FP32", "INT8"
@@ -261,6 +287,8 @@ EXPORTERS = [
     ("ort_fp32", lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_fp32"], tmp), FP32, {}),
     ("pte_fp32", lambda job, tmp: export_pte(job.model, tmp), FP32, {}),
     ("pte_int8", write_pte_int8, INT8, {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}),
+    ("tflite_fp32", write_tflite_fp32, FP32, {}),
+    ("tflite_int8", write_tflite_int8, INT8, {"int8 setting": "ai-edge-quantizer static_wi8_ai8 (int8 in and out)"}),
 ]
 
 
@@ -339,8 +367,13 @@ def export_all(job: ExportJob) -> tuple[list[dict], dict]:
     out = job.out
     rows = [parity_row("eager", None, job.eager, job.eager, job.test.labels.numpy())]
     notes = {}
+    litert = LITERT_PYTHON.is_file()
+    if not litert:
+        print(f"NOTE: no .tflite files: {LITERT_MISSING}")
     try:
         for fmt, write, precision, columns in EXPORTERS:
+            if fmt.startswith("tflite") and not litert:
+                continue
             tmp = job.temp(FORMATS[fmt])
             notes[fmt] = write(job, tmp)
             rows.append(keep(job, fmt, tmp, precision, {**job.check(fmt, tmp), **columns}))
@@ -356,6 +389,7 @@ def export_all(job: ExportJob) -> tuple[list[dict], dict]:
                   "int8_kept": kept["int8 setting"] if kept else "none (no setting passed the INT8 rule)",
                   "pte_ops_outside_xnnpack": {"fp32": notes["pte_fp32"], "int8": notes["pte_int8"]},
                   "calibration_images": len(job.calib), "flip_average": job.model.config.flip_average,
+                  "tflite": "written and checked" if litert else f"not written: {LITERT_MISSING}",
                   "test_images": len(job.test), "fp32_atol": FP32_ATOL, "calibration": job.calibration}
 
 
@@ -391,10 +425,11 @@ def main(argv=None) -> None:
               f"{OPSET}, dynamo exporter, dynamic batch axis. INT8: onnxruntime static quantization, QDQ, "
               f"{info['calibration_images']} calibration images from train; kept: {info['int8_kept']} (of the settings "
               f"that give the same result with and without VNNI, the one whose labels agree with FP32's on the most val "
-              f"images).\n\n{table}", out / "parity.md")
+              f"images). LiteRT .tflite: {info['tflite']}.\n\n{table}", out / "parity.md")
     print("\n" + table)
     print(f"operators left outside XNNPACK in the .pte programs (portable kernels): {info['pte_ops_outside_xnnpack']}")
-    print(f"wrote {', '.join(FORMATS.values())}, {METADATA_SIDECAR}, parity.md, parity.json to {out}")
+    written = [f for f in FORMATS.values() if (out / f).is_file()]
+    print(f"wrote {', '.join(written)}, {METADATA_SIDECAR}, parity.md, parity.json to {out}")
     if args.model_card:
         save_text(model_card.render(job.model, ckpt, rows, info, job.eager, job.test.labels.numpy(), args.weights),
                   Path(args.model_card))

@@ -170,9 +170,11 @@ logit within {info['fp32_atol']:g}; INT8: at most 1 point of accuracy lost). CPU
 Speed ({speed_source}):
 
 {markdown_table(speed) if speed else ''}
-Which file goes where: `.onnx` / `.ort` for onnxruntime (Android, iOS, desktop, the browser
-demo), `.pte` for ExecuTorch (XNNPACK), `.int8.*` where size matters most, `.pt` for TorchScript
-apps; `{FORMATS['onnx_fp32']}` and `dog_emotion.meta.json` for the web (docs/deployment.md).
+Which file goes where: `.tflite` for LiteRT on Android (directly or through MediaPipe; batch 1,
+the INT8 file takes and gives int8 with the scale and zero point stored in it), `.onnx` / `.ort`
+for onnxruntime (Android, iOS, desktop, the browser demo), `.pte` for ExecuTorch (XNNPACK),
+`.int8.*` where size matters most, `.pt` for TorchScript apps; `{FORMATS['onnx_fp32']}` and
+`dog_emotion.meta.json` for the web (docs/deployment.md). LiteRT in this export: {info['tflite']}.
 
 ## Limitations and known failure modes
 

@@ -15,7 +15,8 @@ from train.data import DataError, eval_batches
 
 # file name of every exported format, under the export folder
 FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "ort_fp32": "dog_emotion.ort",
-           "onnx_int8": "dog_emotion.int8.onnx", "pte_fp32": "dog_emotion.pte", "pte_int8": "dog_emotion.int8.pte"}
+           "onnx_int8": "dog_emotion.int8.onnx", "pte_fp32": "dog_emotion.pte", "pte_int8": "dog_emotion.int8.pte",
+           "tflite_fp32": "dog_emotion.tflite", "tflite_int8": "dog_emotion.int8.tflite"}
 BATCH = 32  # the largest batch every format takes (the .pte programs are exported for 1..32)
 
 
@@ -31,7 +32,8 @@ def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) ->
 
 def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module | None = None, threads: int = 1):
     """The runner of one format: "eager" runs `model`; the others load `path` (onnx_*/ort_* in
-    onnxruntime, pte_* in ExecuTorch's runtime; `threads` applies to onnxruntime)."""
+    onnxruntime, pte_* in ExecuTorch's runtime, tflite_* in ai-edge-litert's interpreter;
+    `threads` applies to onnxruntime and LiteRT)."""
     if fmt == "eager":
         return lambda x: _torch_run(model, x)
     if fmt == "torchscript":
@@ -45,9 +47,45 @@ def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module
             raise DataError(f"{path}: not a loadable ExecuTorch program ({e})") from None
         # the runtime's outputs alias its own buffers: copy each one before the next execute
         return lambda x: method.execute([torch.from_numpy(x)])[0].clone().numpy()
+    if fmt.startswith("tflite"):
+        return _litert_runner(path, threads)
     sess = ort_session(path, threads, ort_format=fmt.startswith("ort"))
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
+
+
+def _litert_runner(path, threads: int):
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise DataError(f"{path}: not a loadable LiteRT model ({str(e).strip()})") from None
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def one(x: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(inp["index"], _to_tensor(x, inp))
+        interpreter.invoke()
+        return _from_tensor(interpreter.get_tensor(out["index"]), out)
+    # the .tflite files have a fixed batch of 1 (export/litert_export.py): a batch is one call per image
+    return lambda x: np.concatenate([one(x[i:i + 1]) for i in range(len(x))])
+
+
+def _to_tensor(x: np.ndarray, detail: dict) -> np.ndarray:
+    """A float batch as the input tensor takes it: as is, or quantized with the tensor's own scale
+    and zero point (the INT8 file is integer end to end)."""
+    if detail["dtype"] == np.float32:
+        return x
+    scale, zero = detail["quantization"]
+    bounds = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale) + zero, bounds.min, bounds.max).astype(detail["dtype"])
+
+
+def _from_tensor(y: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * scale
 
 
 @torch.no_grad()

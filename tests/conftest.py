@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,18 @@ def write_split_root(root: Path, per_class: int = 4, splits=("train", "val", "te
                 make_image(seed, size).save(d / f"{c}_{i}.jpg", quality=90)
                 seed += 1
     return root
+
+
+def litert_installed() -> bool:
+    """Whether the LiteRT converter's environment (.venv-litert, `make venv-litert`) is there.
+    CI installs it and sets REQUIRE_LITERT=1, so that there a missing one fails instead of
+    skipping the .tflite checks."""
+    from export.export import LITERT_PYTHON
+    if LITERT_PYTHON.is_file():
+        return True
+    if os.environ.get("REQUIRE_LITERT"):
+        pytest.fail(f"REQUIRE_LITERT is set but the LiteRT converter ({LITERT_PYTHON}) is not installed")
+    return False
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from train.checkpoint import load_for_export, load_weights, state_digest
 from train import dog_emotion
 from train.common import REPO_ROOT, SHIPPED_WEIGHTS
 from train.data import DataError, preprocess_spec
+from conftest import litert_installed
 
 
 def test_profile_agrees_with_flopcounter_and_count_parameters():
@@ -44,13 +45,14 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     model = fold_temperature(model, info["calibration"]["temperature"])
     assert load_weights(out / exporter.CALIBRATED_WEIGHTS)[1]["metrics"]["temperature"] == info["calibration"]["temperature"]
     by_fmt = {r["format"]: r for r in rows}
-    for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
+    fp32_formats = ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32") + (("tflite_fp32",) if litert_installed() else ())
+    for fmt in fp32_formats:
         assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4
     size = model.config.input_size
-    for batch in (1, 7, 32):  # the dynamic batch axis (the .pte programs take 1..32)
+    for batch in (1, 7, 32):  # the dynamic batch axis (the .pte programs take 1..32; a .tflite, 1 a call)
         x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
         ref = make_runner("eager", model=model)(x)
-        for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
+        for fmt in fp32_formats:
             got = make_runner(fmt, out / FORMATS[fmt])(x)
             assert got.shape == (batch, 4)
             np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
@@ -94,6 +96,11 @@ def test_int8_runs_and_agrees_with_fp32(exported):
     fp32 = next(r for r in rows if r["format"] == "pte_fp32")
     passes = pte["top-1 agreement (%)"] >= 95 and fp32["accuracy (%)"] - pte["accuracy (%)"] <= 1.0
     assert (pte["kept"] == "yes") == passes == (out / "dog_emotion.int8.pte").is_file()   # written only if it passes
+    if litert_installed():   # the INT8 .tflite, by the same rule
+        tfl = next(r for r in rows if r["format"] == "tflite_int8")
+        fp32 = next(r for r in rows if r["format"] == "tflite_fp32")
+        passes = tfl["top-1 agreement (%)"] >= 95 and fp32["accuracy (%)"] - tfl["accuracy (%)"] <= 1.0
+        assert (tfl["kept"] == "yes") == passes == (out / "dog_emotion.int8.tflite").is_file()
     assert "aten.flip.default" in info["pte_ops_outside_xnnpack"]["fp32"]   # the mirror of flip averaging
     assert (out / "dog_emotion.int8.onnx").stat().st_size < (out / "dog_emotion.onnx").stat().st_size
 
@@ -178,21 +185,52 @@ def nano_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_pte_of_a_small_generated_model_and_a_failed_check(nano_weights, split_root, tmp_path, monkeypatch):
+def test_pte_and_tflite_of_a_small_generated_model_and_a_failed_check(nano_weights, split_root, tmp_path, monkeypatch):
     monkeypatch.setattr(exporter, "INT8_MIN_AGREEMENT", 101.0)   # no INT8 program can pass this check
     rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False)
     by_fmt = {r["format"]: r for r in rows}
-    assert by_fmt["pte_fp32"]["max abs logit diff"] <= 1e-4 and by_fmt["pte_fp32"]["top-1 agreement (%)"] == 100
-    assert by_fmt["pte_int8"]["kept"] == "no" and not (tmp_path / "out" / "dog_emotion.int8.pte").exists()
-    assert (tmp_path / "out" / "dog_emotion.pte").is_file() and not list((tmp_path / "out").glob(".*.tmp"))
-    # the FP32 program runs through ExecuTorch's runtime like eager, batch 1 and batch 32
+    fp32, int8 = ["pte_fp32"], ["pte_int8"]
+    if litert_installed():
+        fp32, int8 = fp32 + ["tflite_fp32"], int8 + ["tflite_int8"]
+    else:
+        assert "tflite_fp32" not in by_fmt and "make venv-litert" in info["tflite"]
+    for fmt in fp32:   # kept: it matches eager
+        assert by_fmt[fmt]["max abs logit diff"] <= 1e-4 and by_fmt[fmt]["top-1 agreement (%)"] == 100
+        assert (tmp_path / "out" / FORMATS[fmt]).is_file()
+    for fmt in int8:   # refused by the rule: not written
+        assert by_fmt[fmt]["kept"] == "no" and not (tmp_path / "out" / FORMATS[fmt]).exists()
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    # the FP32 programs run through their runtimes like eager, batch 1 and batch 32
     for batch in (1, 32):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
-        np.testing.assert_allclose(make_runner("pte_fp32", tmp_path / "out" / "dog_emotion.pte")(x),
-                                   make_runner("eager", model=load_weights(nano_weights)[0])(x), atol=1e-4)
+        for fmt in fp32:
+            np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt])(x),
+                                       make_runner("eager", model=load_weights(nano_weights)[0])(x), atol=1e-4)
     (tmp_path / "bad.pte").write_bytes(b"not a program")
     with pytest.raises(DataError, match="bad.pte: not a loadable ExecuTorch program"):
         make_runner("pte_fp32", tmp_path / "bad.pte")
+    (tmp_path / "bad.tflite").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="bad.tflite: not a loadable LiteRT model"):
+        make_runner("tflite_fp32", tmp_path / "bad.tflite")
+
+
+@pytest.mark.slow
+def test_a_tflite_file_that_differs_from_eager_is_refused_and_not_written(nano_weights, split_root, tmp_path,
+                                                                          monkeypatch):
+    if not litert_installed():
+        pytest.skip("the LiteRT converter is not installed (make venv-litert)")
+    real_save = exporter.save_weights
+
+    def converter_gets_another_model(model, classes, path, metrics=None):   # what the converter reads
+        wrong = copy.deepcopy(model)
+        wrong.classifier.bias.data += 0.01
+        return real_save(wrong, classes, path, metrics)
+
+    monkeypatch.setattr(exporter, "save_weights", converter_gets_another_model)
+    monkeypatch.setattr(exporter, "EXPORTERS", [e for e in exporter.EXPORTERS if e[0].startswith("tflite")])
+    with pytest.raises(exporter.ExportError, match="tflite_fp32: differs from eager .max diff 1.00e-02"):
+        exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []   # nothing written, no temp file left
 
 
 @pytest.mark.slow
