@@ -13,10 +13,12 @@ the file it writes comes back to the export, which checks it in ai-edge-litert's
 
 FP32: litert_torch.convert of the inference model, flip averaging included, at a fixed batch of
 1 (litert-torch 0.10 cannot trace this graph with a dynamic batch; a phone classifies one photo
-at a time). INT8: the ai-edge-quantizer's static recipe (int8 weights and activations, min-max
-ranges) on the FP32 file, calibrated on the same training images as the INT8 ONNX file, so the
-program is integer end to end: its input and output are int8 with the scale and zero point stored
-in the file (export/runtimes.py applies them).
+at a time). INT8: the ai-edge-quantizer's static recipe (int8 weights and activations) on the FP32
+file, calibrated on the same training images as the INT8 ONNX file, with each activation's range
+taken one of two ways: the quantizer's default, a moving average (0.95) of each photo's min and
+max, or the calibration set's own min and max (`--ranges`; export.py keeps the one more faithful
+to FP32 on val). The program is integer end to end: its input and output are int8 with the scale
+and zero point stored in the file (export/runtimes.py applies them).
 """
 from __future__ import annotations
 
@@ -36,9 +38,13 @@ def convert_fp32(weights: str, out: Path) -> None:
     litert_torch.convert(model.eval(), (torch.zeros(1, 3, size, size),)).export(str(out))
 
 
-def quantize_int8(tflite: Path, calib: Path, out: Path) -> None:
+RANGES = ("moving-average", "min-max")
+
+
+def quantize_int8(tflite: Path, calib: Path, out: Path, ranges: str) -> None:
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer import calibrator, quantizer, recipe
+    from ai_edge_quantizer.utils import qsv_utils
     images = torch.load(calib, weights_only=True)   # uint8 (N, 3, S, S), decoded by the export
     probe = Interpreter(str(tflite))
     (key, io), = probe.get_signature_list().items()
@@ -46,8 +52,11 @@ def quantize_int8(tflite: Path, calib: Path, out: Path) -> None:
     samples = [{io["inputs"][0]: x.numpy()} for x in eval_batches(images, size, 1)]
     q = quantizer.Quantizer(str(tflite))
     q.load_quantization_recipe(recipe.static_wi8_ai8())
-    q.quantize(q.calibrate({key: samples}, num_threads=1), enable_progress_report=False).export_model(
-        str(out), overwrite=True)
+    # Quantizer.calibrate has no choice of range update; its Calibrator does (the same call inside)
+    update = qsv_utils.moving_average_update if ranges == "moving-average" else qsv_utils.min_max_update
+    calib = calibrator.Calibrator(q._float_model_buffer, num_threads=1, qsv_update_func=update)
+    calib.calibrate({key: samples}, q._recipe_manager)
+    q.quantize(calib.get_model_qsvs(), enable_progress_report=False).export_model(str(out), overwrite=True)
 
 
 def main(argv=None) -> None:
@@ -58,13 +67,15 @@ def main(argv=None) -> None:
     int8 = sub.add_parser("int8", help="quantize a FP32 .tflite to static INT8")
     int8.add_argument("--tflite", required=True, help="the FP32 .tflite to quantize")
     int8.add_argument("--calib", required=True, help="calibration images: a uint8 tensor saved with torch.save")
+    int8.add_argument("--ranges", choices=RANGES, default=RANGES[0],
+                      help="how each activation's range is taken from the calibration images (default: %(default)s)")
     for p in (fp32, int8):
         p.add_argument("--out", required=True, help="the .tflite file to write")
     args = ap.parse_args(argv)
     if args.precision == "fp32":
         convert_fp32(args.weights, Path(args.out))
     else:
-        quantize_int8(Path(args.tflite), Path(args.calib), Path(args.out))
+        quantize_int8(Path(args.tflite), Path(args.calib), Path(args.out), args.ranges)
 
 
 if __name__ == "__main__":
