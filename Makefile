@@ -17,7 +17,7 @@ ARGS ?=
 NPROC ?= 2
 # The shipped model's recipe; RECIPE=recipes/<name>.toml gives train, train-quick, train-ddp and
 # train-all any other.
-RECIPE ?= recipes/mini14-long.toml
+RECIPE ?= recipes/mid-final-tv.toml
 
 # glibc's allocator settings that make an epoch faster are applied inside the training command
 # (train.common.keep_freed_memory), so `python -m train.dog_emotion train` runs at the same speed.

@@ -226,7 +226,7 @@ CONFIGS: dict[str, ModelConfig] = {
     # where channels cost parameters but few MACs
     "large": ModelConfig(stem=16, stages=((32, 2, 1), (96, 2, 3), (256, 2, 3)), flip_average=True),
 }
-SHIPPED = "mini14"
+SHIPPED = "mid"
 
 
 def get_config(name: str, input_size: int = 0) -> ModelConfig:

@@ -318,6 +318,6 @@ def test_the_model_card_is_written_from_the_measurements(exported, tmp_path):
                     "## Calibration", "## Formats", "## Limitations and known failure modes", "## How to reproduce"):
         assert heading in card
     acc = 100 * float((logits.argmax(1) == test.labels.numpy()).mean())
-    assert f"**{acc:.2f}%** on 400 photos" in card and "17,208 parameters" in card
+    assert f"**{acc:.2f}%** on 400 photos" in card and f"**{ckpt['params']:,} parameters**" in card
     assert f"T = {info['calibration']['temperature']:.3f}" in card and "a person (matplotlib's grace_hopper.jpg)" in card
     assert "not measured yet: run `make bench`" in card and "| onnx_fp32 | dog_emotion.onnx |" in card

@@ -40,7 +40,8 @@ def test_the_shipped_recipe_trains_the_shipped_model_and_make_train_uses_it():
     default = vars(dog_emotion.parse_args(["train"]))
     explicit = vars(dog_emotion.parse_args(["train", "--config", str(SHIPPED_RECIPE)]))
     assert {k: v for k, v in default.items() if k != "config"} == {k: v for k, v in explicit.items() if k != "config"}
-    assert default["epochs"] == 300 and default["teacher"] == ["weights/teacher_large.pkl"] and default["threads"] == 0
+    assert default["epochs"] == 160 and default["teacher"] == ["weights/teacher_large_distilled.pkl"]
+    assert default["train_on"] == "train+val" and default["threads"] == 0
     assert dog_emotion.parse_args(["train", "--config", ""]).teacher == []    # '' is no recipe at all
 
 
