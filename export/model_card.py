@@ -75,7 +75,7 @@ def speed_rows(bench_json: Path) -> tuple[list[dict], str]:
         return [], "not measured yet: run `make bench` and then `make export` again"
     bench = json.loads(bench_json.read_text())
     rows = [{"format": r["format"], "threads": r["threads"], "batch 1 p50 (ms)": f"{r['p50_ms']:.2f}",
-             "batch 32 (img/s)": f"{r['batch32_img_s']:.0f}" if r.get("batch32_img_s") else "-"}
+             "batch 32 (img/s)": f"{r['batch32_img_per_s']:.0f}"}
             for r in bench["inference"]]
     return rows, f"`make bench` on {bench['date']}, {bench['machine']}{' (QUICK)' if bench['quick'] else ''}"
 

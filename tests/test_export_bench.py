@@ -156,6 +156,11 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     assert all(k.replace("_", "").isalnum() and k.islower() for k in keys), keys
     md = (tmp_path / "b" / "bench.md").read_text()
     assert "| p50 (ms) |" in md and all(f"| {fmt} | 1 |" in md for fmt in rows)
+    # the model card's speed table reads the same run: every row's two numbers
+    from export import model_card
+    card_rows, source = model_card.speed_rows(tmp_path / "b" / "bench.json")
+    assert [r["format"] for r in card_rows] == list(rows) and "(QUICK)" in source
+    assert all(float(r["batch 1 p50 (ms)"]) > 0 and float(r["batch 32 (img/s)"]) > 0 for r in card_rows)
 
 
 @pytest.mark.slow
