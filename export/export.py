@@ -35,6 +35,7 @@ from export.profile import profile, report
 from export.calibration import calibration_report, fit_temperature, fold_temperature, plot_reliability
 from export import model_card
 from export.executorch_export import export_pte
+from export.litert_export import RANGES as LITERT_RANGES
 from export.runtimes import FORMATS, batched_logits, make_runner
 from train.checkpoint import load_for_export, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, command_errors, cpu_description,
@@ -289,7 +290,7 @@ def write_tflite_int8(job: ExportJob, tmp: Path) -> dict:
     calib = job.temp("litert-calibration.pt")  # the INT8 ONNX file's calibration images
     save_torch(job.calib, calib)
     candidates = []
-    for ranges in ("moving-average", "min-max"):
+    for ranges in LITERT_RANGES:
         path = job.temp(FORMATS["tflite_int8"])
         run_litert(["int8", "--tflite", str(job.out / FORMATS["tflite_fp32"]), "--calib", str(calib),
                     "--ranges", ranges, "--out", str(path)], "INT8 quantization")
