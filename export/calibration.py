@@ -1,6 +1,14 @@
 """Probabilities a user can read as confidence: one temperature fitted on val, folded into the
 classifier, and the calibration it buys measured on test.
 
+    python -m export.calibration --weights weights/dog_emotion.pkl --sibling RUN/dog_emotion.pkl   # make temperature
+
+Weights trained on train + val have no held-out photos to fit on: val is learnt, and a model is
+surer of photos it learnt than of new ones, so a temperature fitted there over-sharpens. This
+command fits T on val with the logits of a *sibling*, a run of the same recipe trained on train
+only, and records it in the weights file (key "calibration"); `make export` then folds that T
+instead of fitting one on the weights' own val logits.
+
 Temperature scaling (Guo et al. 2017) divides the logits by one T > 0 fitted to minimise the
 negative log-likelihood on held-out data. It moves no argmax, so accuracy is unchanged. Folding
 T into the last linear layer (its weight and bias divided by T) gives the calibrated logits with
@@ -8,6 +16,7 @@ no parameter added; flip averaging is a mean of two logit vectors, so it commute
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 from pathlib import Path
@@ -15,9 +24,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from export.runtimes import batched_logits, make_runner
+from train.checkpoint import CheckpointError, load_weights, safe_load, state_digest
+from train.common import ARTIFACTS, SHIPPED_WEIGHTS, command_errors, save_torch
+from train.data import DEFAULT_DATA, check_data_root, load_folder, storage_size
 from train.plots import plt, save_figure
 
 BINS = 15   # the usual count for expected calibration error
+MAX_TEMPERATURE = 100.0   # the most a weights file may record (train.checkpoint checks the same bound)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -34,7 +48,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         loss.backward()
         return loss
     opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     if not math.isfinite(t) or t <= 0:
         raise ValueError(f"temperature fit failed (T = {t})")
     return t
@@ -87,3 +101,44 @@ def plot_reliability(before: dict, after: dict, temperature: float, path: str | 
     fig.suptitle("reliability on the test split (temperature fitted on val)")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def record_sibling_temperature(weights: str | Path, sibling: str | Path, data: str | Path) -> dict:
+    """Fit T on val with `sibling`'s logits and store it in `weights` under "calibration" (the
+    tensors untouched; the file rewritten atomically). Returns the record."""
+    model, ckpt = load_weights(weights)
+    twin, twin_ckpt = load_weights(sibling)
+    if twin.config != model.config or twin_ckpt["classes"] != ckpt["classes"]:
+        raise CheckpointError(f"{sibling}: holds {twin.config} for {twin_ckpt['classes']}, not the {model.config} for "
+                              f"{ckpt['classes']} of {weights}: a sibling is a run of the same recipe")
+    if state_digest(twin_ckpt["state_dict"]) == state_digest(ckpt["state_dict"]):
+        raise CheckpointError(f"{sibling}: the same weights as {weights}; the sibling must be a run that did not train on val")
+    val = load_folder(check_data_root(data) / "val", ckpt["classes"], storage_size(model.config.input_size), ARTIFACTS / "cache")
+    logits = torch.from_numpy(batched_logits(make_runner("eager", model=twin), val.images, model.config.input_size))
+    temperature = fit_temperature(logits, val.labels)
+    if not temperature < MAX_TEMPERATURE:   # softmax(z / T) is then flat: the logits say nothing about val
+        raise CheckpointError(f"{sibling}: its val logits fit T = {temperature:.3g}, no better than a uniform guess; "
+                              "is it a trained run of the recipe?")
+    record = {"temperature": temperature, "fitted_with": str(sibling), "val_images": len(val),
+              "sibling_val_nll": calibration_report(logits / temperature, val.labels)["nll"]}
+    raw = safe_load(weights)
+    raw["calibration"] = record
+    save_torch(raw, weights)
+    return record
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights to record the temperature in (default: %(default)s)")
+    ap.add_argument("--sibling", required=True, help="weights of the same recipe trained on train only, e.g. "
+                    "artifacts/runs/mid-final/dog_emotion.pkl: its val logits are held out")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="split root whose val/ the sibling never saw (default: %(default)s)")
+    args = ap.parse_args(argv)
+    with command_errors():
+        record = record_sibling_temperature(args.weights, args.sibling, args.data)
+    print(f"T = {record['temperature']:.4f} fitted on {record['val_images']} val photos with {args.sibling}'s logits "
+          f"(its val NLL after T: {record['sibling_val_nll']:.3f}); recorded in {args.weights}: `make export` folds it")
+
+
+if __name__ == "__main__":
+    main()

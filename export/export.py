@@ -342,17 +342,23 @@ def search_onnx_int8(job: ExportJob) -> list[dict]:
     return [r for r, _, _ in rows]
 
 
-def calibrate(model, val: DecodedSplit, test: DecodedSplit) -> tuple[torch.nn.Module, dict]:
-    """The model with a temperature fitted on val folded into its classifier, and ECE and NLL on
-    test before and after (temperature scaling moves no argmax: accuracy is unchanged)."""
+def calibrate(model, ckpt: dict, val: DecodedSplit, test: DecodedSplit) -> tuple[torch.nn.Module, dict]:
+    """The model with a temperature folded into its classifier, and ECE and NLL on test before and
+    after (temperature scaling moves no argmax: accuracy is unchanged). The temperature is the one
+    the weights file records (fitted on a sibling's held-out val logits: export/calibration.py), or
+    else one fitted on val with the model's own logits."""
     size = model.config.input_size
     run = make_runner("eager", model=model)
-    val_logits, test_logits = (torch.from_numpy(batched_logits(run, s.images, size)) for s in (val, test))
-    temperature = fit_temperature(val_logits, val.labels)
+    test_logits = torch.from_numpy(batched_logits(run, test.images, size))
+    recorded = ckpt.get("calibration")
+    if recorded:
+        temperature, fitted_with = float(recorded["temperature"]), recorded["fitted_with"]
+    else:
+        temperature, fitted_with = fit_temperature(torch.from_numpy(batched_logits(run, val.images, size)), val.labels), None
     calibrated = fold_temperature(model, temperature)
     after = torch.from_numpy(batched_logits(make_runner("eager", model=calibrated), test.images, size))
-    return calibrated, {"temperature": temperature, "before": calibration_report(test_logits, test.labels),
-                        "after": calibration_report(after, test.labels)}
+    return calibrated, {"temperature": temperature, "fitted_with": fitted_with,
+                        "before": calibration_report(test_logits, test.labels), "after": calibration_report(after, test.labels)}
 
 
 def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int, flip_average: bool,
@@ -369,7 +375,7 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
     calib = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:calib_count]]
     calibration = {}
     if temperature:
-        model, calibration = calibrate(model, val, test)
+        model, calibration = calibrate(model, ckpt, val, test)
         plot_reliability(calibration["before"], calibration["after"], calibration["temperature"], out / "reliability.png")
         save_weights(model, ckpt["classes"], out / CALIBRATED_WEIGHTS,
                      {**ckpt["metrics"], "temperature": calibration["temperature"]})

@@ -80,6 +80,14 @@ def speed_rows(bench_json: Path) -> tuple[list[dict], str]:
     return rows, f"`make bench` on {bench['date']}, {bench['machine']}{' (QUICK)' if bench['quick'] else ''}"
 
 
+def fitted_on(cal: dict) -> str:
+    """Whose val logits the temperature was fitted on."""
+    if cal.get("fitted_with"):
+        return (f"with the logits of `{cal['fitted_with']}`, a run of the recipe without val (the shipped weights learnt val; "
+                "`make temperature` records T)")
+    return "with these weights' own logits"
+
+
 def render(model, ckpt: dict, rows: list[dict], info: dict, test_logits: np.ndarray, test_labels: np.ndarray,
            weights: str, bench_json: Path = ARTIFACTS / "bench" / "bench.json") -> str:
     classes = ckpt["classes"]
@@ -155,7 +163,7 @@ Per class and confusion matrix on test (rows: true class):
 {markdown_table(confusion)}
 ## Calibration
 
-""" + (f"""Temperature T = {cal['temperature']:.3f}, fitted on val by minimising the negative log-likelihood, then
+""" + (f"""Temperature T = {cal['temperature']:.3f}, fitted on val {fitted_on(cal)} by minimising the negative log-likelihood, then
 folded into the last linear layer (weight and bias divided by T; no parameter added). On test:
 NLL {cal['before']['nll']:.3f} -> {cal['after']['nll']:.3f}, expected calibration error ({len(cal['before']['bins'])} non-empty of 15 bins)
 {100 * cal['before']['ece']:.1f}% -> {100 * cal['after']['ece']:.1f}%, mean confidence {100 * cal['before']['mean_confidence']:.1f}% ->
@@ -164,7 +172,7 @@ NLL {cal['before']['nll']:.3f} -> {cal['after']['nll']:.3f}, expected calibratio
 """ + ("""These weights were trained on val as well (the shipped recipe trains on train + val), so T was
 fitted on photos the model had learnt from, where it is more accurate than on new ones: read the
 test numbers above before trusting it; `make export ARGS=--no-calibrate` exports the logits as trained.
-""" if recipe.get('train_on') == 'train+val' else "") if cal else "Not calibrated in this export (`--no-calibrate`).\n") + f"""
+""" if recipe.get('train_on') == 'train+val' and not cal.get('fitted_with') else "") if cal else "Not calibrated in this export (`--no-calibrate`).\n") + f"""
 ## Formats
 
 Every file was checked against eager PyTorch on the test split before it was kept (FP32: every

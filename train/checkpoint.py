@@ -113,6 +113,11 @@ def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[M
     if (not isinstance(classes, list) or len(classes) != config.num_classes or len(set(classes)) != len(classes)
             or not all(isinstance(c, str) and c for c in classes)):
         raise CheckpointError(f"{path}: 'classes' must be a list of {config.num_classes} distinct names, found {classes!r:.100}")
+    cal = ckpt.get("calibration")   # a temperature recorded by export/calibration.py, folded at export
+    if cal is not None and not (isinstance(cal, dict) and type(cal.get("temperature")) is float
+                                and 0 < cal["temperature"] < 100 and isinstance(cal.get("fitted_with"), str)):
+        raise CheckpointError(f"{path}: 'calibration' must record a temperature in (0, 100) and the weights it was "
+                              f"fitted with, found {cal!r:.100}")
     if expect is not None and config != expect:
         raise CheckpointError(f"{path}: holds config {config}, but {expect} was asked for")
     model = MobileCNN(config)
