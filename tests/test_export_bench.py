@@ -18,7 +18,7 @@ from mobile_model import build_model, count_parameters
 from export.calibration import fold_temperature
 from train.checkpoint import load_for_export, load_weights, state_digest
 from train import dog_emotion
-from train.common import REPO_ROOT, SHIPPED_WEIGHTS
+from train.common import ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS
 from train.data import DataError, preprocess_spec
 from conftest import litert_installed
 
@@ -305,6 +305,7 @@ def test_the_temperature_folds_into_the_classifier_and_is_recovered():
     assert before["accuracy"] == after["accuracy"] and sum(b["n"] for b in before["bins"]) == 20_000
 
 
+@pytest.mark.slow
 def test_a_siblings_temperature_is_recorded_and_folded_at_export(real_data, tmp_path):
     from export import calibration
     from export.runtimes import batched_logits
@@ -321,7 +322,7 @@ def test_a_siblings_temperature_is_recorded_and_folded_at_export(real_data, tmp_
     model, recorded_ckpt = load_weights(weights)
     assert recorded_ckpt["sha256"] == ckpt["sha256"] and recorded_ckpt["metrics"] == ckpt["metrics"]
     size = model.config.input_size
-    val, test = (load_folder(real_data / s, ckpt["classes"], storage_size(size)) for s in ("val", "test"))
+    val, test = (load_folder(real_data / s, ckpt["classes"], storage_size(size), ARTIFACTS / "cache") for s in ("val", "test"))
     own = calibration.fit_temperature(torch.from_numpy(batched_logits(make_runner("eager", model=model), val.images, size)),
                                       val.labels)
     recorded = recorded_ckpt["calibration"]
