@@ -82,7 +82,7 @@ def calibration_report(logits: torch.Tensor, labels: torch.Tensor, bins: int = B
             "mean_confidence": conf.mean().item(), "accuracy": correct.mean().item()}
 
 
-def plot_reliability(before: dict, after: dict, temperature: float, path: str | Path) -> Path:
+def plot_reliability(before: dict, after: dict, temperature: float, path: str | Path, fitted_on: str = "val") -> Path:
     """Accuracy against confidence per bin, before and after the temperature; the diagonal is perfect."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
     for ax, report, title in ((axes[0], before, "as trained"), (axes[1], after, f"temperature T = {temperature:.3f}")):
@@ -98,7 +98,7 @@ def plot_reliability(before: dict, after: dict, temperature: float, path: str | 
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     axes[1].legend(fontsize=8, loc="upper left")
-    fig.suptitle("reliability on the test split (temperature fitted on val)")
+    fig.suptitle(f"reliability on the test split (temperature fitted on {fitted_on})")
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -376,7 +376,8 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
     calibration = {}
     if temperature:
         model, calibration = calibrate(model, ckpt, val, test)
-        plot_reliability(calibration["before"], calibration["after"], calibration["temperature"], out / "reliability.png")
+        plot_reliability(calibration["before"], calibration["after"], calibration["temperature"], out / "reliability.png",
+                         "a train-only sibling's val logits" if calibration["fitted_with"] else "val")
         save_weights(model, ckpt["classes"], out / CALIBRATED_WEIGHTS,
                      {**ckpt["metrics"], "temperature": calibration["temperature"]})
     eager = batched_logits(make_runner("eager", model=model), test.images, model.config.input_size)

@@ -83,8 +83,8 @@ def speed_rows(bench_json: Path) -> tuple[list[dict], str]:
 def fitted_on(cal: dict) -> str:
     """Whose val logits the temperature was fitted on."""
     if cal.get("fitted_with"):
-        return (f"with the logits of `{cal['fitted_with']}`, a run of the recipe without val (the shipped weights learnt val; "
-                "`make temperature` records T)")
+        return (f"with the logits of `{cal['fitted_with']}`\n(a run of the recipe on train only: the shipped weights "
+                "learnt val; `make temperature` records T)")
     return "with these weights' own logits"
 
 
@@ -163,7 +163,7 @@ Per class and confusion matrix on test (rows: true class):
 {markdown_table(confusion)}
 ## Calibration
 
-""" + (f"""Temperature T = {cal['temperature']:.3f}, fitted on val {fitted_on(cal)} by minimising the negative log-likelihood, then
+""" + (f"""Temperature T = {cal['temperature']:.3f}, the negative log-likelihood minimum on val {fitted_on(cal)},
 folded into the last linear layer (weight and bias divided by T; no parameter added). On test:
 NLL {cal['before']['nll']:.3f} -> {cal['after']['nll']:.3f}, expected calibration error ({len(cal['before']['bins'])} non-empty of 15 bins)
 {100 * cal['before']['ece']:.1f}% -> {100 * cal['after']['ece']:.1f}%, mean confidence {100 * cal['before']['mean_confidence']:.1f}% ->
