@@ -237,7 +237,10 @@ def test_a_tflite_file_that_differs_from_eager_is_refused_and_not_written(nano_w
 
 
 @pytest.mark.slow
-def test_export_without_flip_averaging(nano_weights, split_root, tmp_path):
+def test_export_without_flip_averaging(nano_weights, split_root, tmp_path, monkeypatch):
+    # the .tflite files are left out (their converter is checked on its own above; here it would add
+    # half a minute to check the same flip-less graph a fifth time)
+    monkeypatch.setattr(exporter, "LITERT_PYTHON", tmp_path / "no-litert" / "python")
     ckpt = torch.load(nano_weights, weights_only=True)
     ckpt["state_dict"]["classifier.weight"] *= 100  # logits that visibly depend on the input (a random net's barely do)
     ckpt["sha256"] = state_digest(ckpt["state_dict"])
