@@ -25,13 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from export.runtimes import batched_logits, make_runner
-from train.checkpoint import CheckpointError, load_weights, safe_load, state_digest
+from train.checkpoint import MAX_TEMPERATURE, CheckpointError, load_weights, state_digest
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, command_errors, save_torch
 from train.data import DEFAULT_DATA, check_data_root, load_folder, storage_size
 from train.plots import plt, save_figure
 
 BINS = 15   # the usual count for expected calibration error
-MAX_TEMPERATURE = 100.0   # the most a weights file may record (train.checkpoint checks the same bound)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -121,9 +120,8 @@ def record_sibling_temperature(weights: str | Path, sibling: str | Path, data: s
                               "is it a trained run of the recipe?")
     record = {"temperature": temperature, "fitted_with": str(sibling), "val_images": len(val),
               "sibling_val_nll": calibration_report(logits / temperature, val.labels)["nll"]}
-    raw = safe_load(weights)
-    raw["calibration"] = record
-    save_torch(raw, weights)
+    ckpt["calibration"] = record   # load_weights' dict is the file as stored
+    save_torch(ckpt, weights)
     return record
 
 

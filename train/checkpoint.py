@@ -31,6 +31,7 @@ class CheckpointError(ProjectError):
 
 
 MAX_UNPACKED_BYTES = 512 << 20   # no weights file or checkpoint of this project comes near it
+MAX_TEMPERATURE = 100.0   # the most a recorded temperature may be (export/calibration.py refuses to record more)
 
 
 def check_archive(path: Path) -> None:
@@ -115,8 +116,8 @@ def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[M
         raise CheckpointError(f"{path}: 'classes' must be a list of {config.num_classes} distinct names, found {classes!r:.100}")
     cal = ckpt.get("calibration")   # a temperature recorded by export/calibration.py, folded at export
     if cal is not None and not (isinstance(cal, dict) and type(cal.get("temperature")) is float
-                                and 0 < cal["temperature"] < 100 and isinstance(cal.get("fitted_with"), str)):
-        raise CheckpointError(f"{path}: 'calibration' must record a temperature in (0, 100) and the weights it was "
+                                and 0 < cal["temperature"] < MAX_TEMPERATURE and isinstance(cal.get("fitted_with"), str)):
+        raise CheckpointError(f"{path}: 'calibration' must record a temperature in (0, {MAX_TEMPERATURE:g}) and the weights it was "
                               f"fitted with, found {cal!r:.100}")
     if expect is not None and config != expect:
         raise CheckpointError(f"{path}: holds config {config}, but {expect} was asked for")
