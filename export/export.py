@@ -201,6 +201,7 @@ class ExportJob:
     eager: np.ndarray               # eager PyTorch's logits on test: the reference
     calibration: dict = field(default_factory=dict)   # the temperature and what it did on test
     temps: list = field(default_factory=list)
+    notes: dict = field(default_factory=dict)          # what the writers report: warnings, ops outside XNNPACK
 
     @property
     def size(self) -> int:
@@ -258,15 +259,18 @@ def keep(job: ExportJob, fmt: str, tmp: Path, precision: str, row: dict | None =
     return row
 
 
-def write_torchscript(job: ExportJob, tmp: Path) -> list[str]:
-    warned = export_torchscript(job.model, tmp)
-    for w in warned:
+def write_torchscript(job: ExportJob, tmp: Path) -> None:
+    job.notes["torchscript"] = export_torchscript(job.model, tmp)
+    for w in job.notes["torchscript"]:
         print(f"torch warning (TorchScript export): {w}")
-    return warned
 
 
-def write_pte_int8(job: ExportJob, tmp: Path) -> list[str]:
-    return export_pte(job.model, tmp, list(eval_batches(job.calib, job.size, 32)))
+def write_pte_fp32(job: ExportJob, tmp: Path) -> None:
+    job.notes["pte_fp32"] = export_pte(job.model, tmp)
+
+
+def write_pte_int8(job: ExportJob, tmp: Path) -> None:
+    job.notes["pte_int8"] = export_pte(job.model, tmp, list(eval_batches(job.calib, job.size, 32)))
 
 
 def run_litert(args: list[str], what: str) -> None:
@@ -304,14 +308,15 @@ def write_tflite_int8(job: ExportJob, tmp: Path) -> dict:
 
 
 # Every format but INT8 ONNX (searched below), in the order written: (format, writer, precision,
-# columns of its parity row). A writer fills its temporary file and returns notes for the report
-# (a dict of parity columns where it searched among candidates, as the INT8 .tflite does).
+# columns of its parity row). A writer fills its temporary file, puts what the report needs in
+# job.notes, and returns None, or, where it chose among candidates (the INT8 .tflite), the
+# parity columns of its choice.
 FP32, INT8 = "FP32", "INT8"
 EXPORTERS = [
     ("torchscript", write_torchscript, FP32, {}),
     ("onnx_fp32", lambda job, tmp: export_onnx(job.model, tmp, job.meta), FP32, {}),
     ("ort_fp32", lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_fp32"], tmp), FP32, {}),
-    ("pte_fp32", lambda job, tmp: export_pte(job.model, tmp), FP32, {}),
+    ("pte_fp32", write_pte_fp32, FP32, {}),
     ("pte_int8", write_pte_int8, INT8, {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}),
     ("tflite_fp32", write_tflite_fp32, FP32, {}),
     ("tflite_int8", write_tflite_int8, INT8, {}),
@@ -395,7 +400,6 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
 def export_all(job: ExportJob) -> tuple[list[dict], dict]:
     out = job.out
     rows = [parity_row("eager", None, job.eager, job.eager, job.test.labels.numpy())]
-    notes = {}
     litert = LITERT_PYTHON.is_file()
     if not litert:
         print(f"NOTE: no .tflite files: {LITERT_MISSING}")
@@ -404,9 +408,8 @@ def export_all(job: ExportJob) -> tuple[list[dict], dict]:
             if fmt.startswith("tflite") and not litert:
                 continue
             tmp = job.temp(FORMATS[fmt])
-            notes[fmt] = write(job, tmp)
-            searched = notes[fmt] if isinstance(notes[fmt], dict) else {}   # an INT8 search's choice
-            rows.append(keep(job, fmt, tmp, precision, {**job.check(fmt, tmp), **columns, **searched}))
+            chosen = write(job, tmp) or {}
+            rows.append(keep(job, fmt, tmp, precision, {**job.check(fmt, tmp), **columns, **chosen}))
         save_json(job.meta, out / METADATA_SIDECAR)
         rows += search_onnx_int8(job)
     finally:  # whatever failed or was not kept: no temp file stays behind
@@ -414,10 +417,10 @@ def export_all(job: ExportJob) -> tuple[list[dict], dict]:
             t.unlink(missing_ok=True)
     fp32 = next(r for r in rows if r["format"] == "onnx_fp32")
     kept = next((r for r in rows if r["format"] == "onnx_int8" and r["kept"] == "yes"), None)
-    return rows, {"torchscript_warnings": notes["torchscript"], "opset": OPSET, "cpu": cpu_description(),
+    return rows, {"torchscript_warnings": job.notes["torchscript"], "opset": OPSET, "cpu": cpu_description(),
                   "int8_drop_points": round(fp32["accuracy (%)"] - kept["accuracy (%)"], 2) if kept else None,
                   "int8_kept": kept["int8 setting"] if kept else "none (no setting passed the INT8 rule)",
-                  "pte_ops_outside_xnnpack": {"fp32": notes["pte_fp32"], "int8": notes["pte_int8"]},
+                  "pte_ops_outside_xnnpack": {"fp32": job.notes["pte_fp32"], "int8": job.notes["pte_int8"]},
                   "calibration_images": len(job.calib), "flip_average": job.model.config.flip_average,
                   "tflite": "written and checked" if litert else f"not written: {LITERT_MISSING}",
                   "test_images": len(job.test), "fp32_atol": FP32_ATOL, "calibration": job.calibration}
