@@ -8,7 +8,9 @@
 4. Training epoch time of --recipe: 1 process x 1 thread, 1 x 2, 2 processes (DDP) x 1 (benchmark/training_layouts.py).
 Writes bench.json (rows with snake_case keys), bench.md (the same rows as Markdown tables, units
 in the column titles) and bench.png under --out (default artifacts/bench/). Run it with nothing
-else on the cores: timings taken while training runs are not comparable.
+else on the cores: timings taken while training runs are not comparable. The CPU time stolen by
+the hypervisor and used by other processes during the run is measured and written beside the
+timings (benchmark/contention.py), with a warning when it is over 5% of the machine.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark import inference, input_pipeline, mnist_autograd, training_layouts
+from benchmark import contention, inference, input_pipeline, mnist_autograd, training_layouts
 from train.checkpoint import load_for_export
 from train.common import (ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, command_errors, cpu_description, markdown_table,
                           save_json, save_text)
@@ -47,6 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    start = contention.snapshot()
     with command_errors():
         if args.train_epochs > 0:  # --quick trains on the recipe too, with a tiny model in its place
             read_recipe(Path(args.recipe))  # a missing or broken recipe stops here, not after the inference timings
@@ -65,14 +68,15 @@ def main(argv=None) -> dict:
         if args.train_epochs > 0:
             print("training epoch time, processes x threads:")
             training = training_layouts.bench_training(args.recipe, args.data, args.train_epochs, args.quick)
+    shared = contention.contention(start, contention.snapshot())
     machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
-              "flip_average": not args.no_flip_average, "recipe": args.recipe,
+              "flip_average": not args.no_flip_average, "recipe": args.recipe, "contention": shared,
               "inference": rows, "input_pipeline": pipeline, "mnist": mnist, "training": training}
     out = Path(args.out)
     save_json(result, out / "bench.json")
     text = (f"# Benchmark ({result['date']}, {machine}, torch {torch.__version__}{', QUICK' if args.quick else ''}"
-            f"{', without flip averaging' if args.no_flip_average else ''})\n\n"
+            f"{', without flip averaging' if args.no_flip_average else ''})\n\n{contention.describe(shared)}\n\n"
             f"## Inference\n\n{markdown_table(rows, inference.COLUMNS)}\n"
             f"## Training input pipeline\n\n{markdown_table([pipeline], input_pipeline.COLUMNS)}\n"
             f"## From-scratch MNIST network vs torch.nn + autograd\n\n{markdown_table([mnist], mnist_autograd.COLUMNS)}\n"
@@ -82,6 +86,8 @@ def main(argv=None) -> dict:
     save_text(text, out / "bench.md")
     inference.plot(rows, out / "bench.png")
     print("\n" + text)
+    if shared["noisy"]:
+        print(contention.describe(shared))
     return result
 
 

@@ -77,7 +77,9 @@ def speed_rows(bench_json: Path) -> tuple[list[dict], str]:
     rows = [{"format": r["format"], "threads": r["threads"], "batch 1 p50 (ms)": f"{r['p50_ms']:.2f}",
              "batch 32 (img/s)": f"{r['batch32_img_per_s']:.0f}"}
             for r in bench["inference"]]
-    return rows, f"`make bench` on {bench['date']}, {bench['machine']}{' (QUICK)' if bench['quick'] else ''}"
+    shared = bench.get("contention") or {}   # absent from runs before 2026-12-03 16:30 UTC
+    noisy = "; NOISY: other work held the CPUs (bench.md), re-run `make bench` on a quiet machine" if shared.get("noisy") else ""
+    return rows, f"`make bench` on {bench['date']}, {bench['machine']}{' (QUICK)' if bench['quick'] else ''}{noisy}"
 
 
 def fitted_on(cal: dict) -> str:

@@ -1,9 +1,11 @@
 import ast
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -154,11 +156,42 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     assert all(k.replace("_", "").isalnum() and k.islower() for k in keys), keys
     md = (tmp_path / "b" / "bench.md").read_text()
     assert "| p50 (ms) |" in md and all(f"| {fmt} | 1 |" in md for fmt in rows)
+    assert set(saved["contention"]) == {"steal_pct", "other_processes_pct", "noisy"} and "CPU contention" in md
     # the model card's speed table reads the same run: every row's two numbers
     from export import model_card
     card_rows, source = model_card.speed_rows(tmp_path / "b" / "bench.json")
     assert [r["format"] for r in card_rows] == list(rows) and "(QUICK)" in source
     assert all(float(r["batch 1 p50 (ms)"]) > 0 and float(r["batch 32 (img/s)"]) > 0 for r in card_rows)
+
+
+def test_contention_counts_other_processes_and_steal_but_not_the_benchmarks_own_time():
+    from benchmark import contention
+    # counters of a run: 10 s of 2 CPUs, 1 s stolen, 12 s busy of which 8 s were the benchmark's own
+    before = {"wall": 0.0, "total": 100.0, "steal": 5.0, "busy": 50.0, "own": 2.0}
+    after = {"wall": 10.0, "total": 120.0, "steal": 6.0, "busy": 62.0, "own": 10.0}
+    assert contention.contention(before, after) == {"steal_pct": 5.0, "other_processes_pct": 20.0, "noisy": True}
+    assert contention.contention(before, {**after, "steal": 5.5, "busy": 59.0})["noisy"] is False
+    assert contention.contention(None, after)["noisy"] is None
+    # on this machine: a process burning a core that the benchmark did not start shows as other processes
+    if contention.snapshot() is None:
+        pytest.skip("no /proc/stat here")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)                      # let it start before the window opens
+        start = contention.snapshot()
+        time.sleep(1.5)
+        measured = contention.contention(start, contention.snapshot())
+    finally:
+        busy.kill()
+        busy.wait()
+    assert measured["other_processes_pct"] >= 0.6 * 100 / os.cpu_count(), measured   # one core of os.cpu_count()
+    # and the benchmark's own work does not: a busy loop in this process counts as own time
+    start = contention.snapshot()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        pass
+    own = contention.contention(start, contention.snapshot())
+    assert own["other_processes_pct"] < measured["other_processes_pct"], (own, measured)
 
 
 @pytest.mark.slow
