@@ -6,7 +6,6 @@ Read from /proc/stat (Linux); elsewhere they are unknown (None)."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 NOISY_PCT = 5.0    # above this share of the machine, a timing is not comparable with a quiet run's
@@ -22,7 +21,7 @@ def snapshot() -> dict | None:
     tick = os.sysconf("SC_CLK_TCK")
     user, nice, system, idle, iowait, irq, softirq, steal = (f / tick for f in fields)
     own = os.times()
-    return {"wall": time.monotonic(), "total": sum(fields) / tick, "steal": steal,
+    return {"total": sum(fields) / tick, "steal": steal,
             "busy": user + nice + system + irq + softirq,
             "own": own.user + own.system + own.children_user + own.children_system}
 
