@@ -158,20 +158,34 @@ def test_augment_batch_shapes_and_determinism():
     assert torch.isfinite(a).all()
 
 
-def test_random_erase_blanks_one_box_per_chosen_image():
-    from train.data import random_erase
-    x = torch.randn(64, 3, 32, 32) + 5                      # no pixel is 0 before erasing
-    out = random_erase(x, torch.Generator().manual_seed(0), prob=0.5)
+def test_erased_box_blanks_one_rectangle_per_chosen_image():
+    from train.data import draw_views, render_views
+    batch = torch.full((64, 3, 40, 40), 250, dtype=torch.uint8)   # no pixel is 0 after normalising
+    views = draw_views(64, torch.Generator().manual_seed(0), erase_prob=0.5)
+    out = render_views(batch, views, 32)
     blank = (out == 0).all(1)                               # (B, H, W): erased pixels, all channels
     erased = blank.flatten(1).any(1)
     assert 10 < erased.sum() < 54                           # about half the images, not all, not none
+    assert torch.equal(erased, views[:, 8] > 0)             # exactly the views that asked for a box
     for mask in blank[erased]:
         rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
         box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
         assert mask.sum() == box                            # one solid rectangle
         assert 0.01 * 32 * 32 <= box <= 0.3 * 32 * 32       # of 2-25% of the area (pixel rounding aside)
-    assert torch.equal(out[~erased], x[~erased])            # the others untouched
-    assert torch.equal(random_erase(x, torch.Generator().manual_seed(0), prob=0.0), x)
+    no_box = render_views(batch, torch.cat([views[:, :8], torch.zeros(64, 5)], 1), 32)
+    assert torch.equal(out[~erased], no_box[~erased])       # the others untouched
+    assert torch.equal(draw_views(64, torch.Generator().manual_seed(0))[:, :8], views[:, :8])  # same stream up to the box
+
+
+def test_a_view_renders_alike_at_any_size():
+    """The bank renders a teacher's view at the teacher's own input size: the same crop, finer."""
+    from train.data import draw_views, render_views
+    blobs = torch.randint(0, 256, (4, 3, 6, 6)).float()   # smooth pictures: resolution changes little
+    batch = torch.nn.functional.interpolate(blobs, size=72, mode="bilinear").round().to(torch.uint8)
+    views = draw_views(4, torch.Generator().manual_seed(3), erase_prob=1.0)
+    small, big = render_views(batch, views, 32), render_views(batch, views, 64)
+    down = torch.nn.functional.avg_pool2d(big, 2)
+    assert (down - small).abs().mean() < 0.15 * small.abs().mean()
 
 
 def write_raw(root):

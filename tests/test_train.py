@@ -292,12 +292,14 @@ def test_mix_batch_targets_are_distributions():
     from train.data import mix_batch
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+    one_hot = torch.nn.functional.one_hot(y, 4).float()
     for _ in range(6):
-        mixed, target = mix_batch(x, y, 4, g, prob=1.0)
+        mixed, target, (lam, perm) = mix_batch(x, y, 4, g, prob=1.0)
         assert mixed.shape == x.shape and torch.allclose(target.sum(1), torch.ones(8))
         assert (target >= 0).all()
-    same, target = mix_batch(x, y, 4, g, prob=0.0)
-    assert torch.equal(same, x) and torch.equal(target.argmax(1), y)
+        assert torch.allclose(target, lam * one_hot + (1 - lam) * one_hot[perm])   # the mix it reports
+    same, target, mix = mix_batch(x, y, 4, g, prob=0.0)
+    assert torch.equal(same, x) and torch.equal(target.argmax(1), y) and mix is None
 
 
 def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path):

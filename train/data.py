@@ -425,56 +425,75 @@ def uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=gen) * (hi - lo) + lo
 
 
-def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generator,
-                  scale=(0.55, 1.0), max_rotate: float = 12.0, jitter: float = 0.3,
-                  erase_prob: float = 0.0) -> torch.Tensor:
-    """Random resized crop + flip + small rotation + colour jitter (+ random erasing) on a batch.
+# One view of a photo is 13 numbers (VIEW_FIELDS), drawn by `draw_views` and drawn on the stored square
+# by `render_views` at any input size: the teacher bank (train/bank.py) records them so that a
+# student replays exactly the views its teachers saw.
+VIEW_FIELDS = ("side", "angle", "flip", "tx", "ty", "brightness", "contrast", "saturation",
+               "erase", "erase_top", "erase_left", "erase_h", "erase_w")
 
-    One affine grid per image samples an input_size square from the stored square: a crop whose
-    side is sqrt(area share) of the stored side, placed anywhere inside, mirrored half the time.
-    """
-    b = batch_uint8.shape[0]
-    x = batch_uint8.float() / 255
+
+def draw_views(b: int, gen: torch.Generator, scale=(0.55, 1.0), max_rotate: float = 12.0, jitter: float = 0.3,
+               erase_prob: float = 0.0) -> torch.Tensor:
+    """(b, 13) random views: resized crop (side = sqrt of the area share, centre tx/ty), rotation,
+    mirror (-1/1), colour factors, and one erased box (0/1, then its top, left, height and width as
+    shares of the image; no draws at erase_prob 0, so the stream is the one it always was)."""
     side = uniform(b, *scale, gen).sqrt()                       # crop side / stored side
     angle = uniform(b, -max_rotate, max_rotate, gen) * math.pi / 180
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
     tx = uniform(b, -1, 1, gen) * (1 - side)
     ty = uniform(b, -1, 1, gen) * (1 - side)
+    colour = [uniform(b, 1 - jitter, 1 + jitter, gen) for _ in range(3)]   # brightness, contrast, saturation
+    erase = erase_boxes(b, gen, erase_prob) if erase_prob > 0 else torch.zeros(5, b)
+    return torch.stack([side, angle, flip, tx, ty, *colour, *erase], 1)
+
+
+def erase_boxes(b: int, gen: torch.Generator, prob: float, area=(0.02, 0.25),
+                log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017): with probability `prob` per image one box of 2-25% of the
+    image, aspect ratio 0.3-3.3; rows (on, top, left, height, width), the last four as shares."""
+    share, ratio = uniform(b, *area, gen), uniform(b, *log_ratio, gen).exp()
+    bh, bw = (share * ratio).sqrt().clamp(max=1), (share / ratio).sqrt().clamp(max=1)
+    top, left = uniform(b, 0, 1, gen) * (1 - bh), uniform(b, 0, 1, gen) * (1 - bw)
+    on = (torch.rand(b, generator=gen) < prob).float()
+    return torch.stack([on, top, left, bh, bw])
+
+
+def render_views(batch_uint8: torch.Tensor, views: torch.Tensor, input_size: int) -> torch.Tensor:
+    """The normalised input_size views (draw_views' rows) of a batch of stored squares: one affine
+    grid per image samples the crop, then colour jitter, then the erased box (set to 0, the data
+    mean after normalisation). The same view renders alike at any input size."""
+    b = batch_uint8.shape[0]
+    side, angle, flip, tx, ty = views[:, :5].T
+    x = batch_uint8.float() / 255
     cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
                          torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, (b, 3, input_size, input_size), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-    # colour jitter: brightness, contrast, saturation, each a per-image factor in [1-j, 1+j]
-    def factor():
-        return uniform(b, 1 - jitter, 1 + jitter, gen).view(b, 1, 1, 1)
-
-    x = x * factor()
+    brightness, contrast, saturation = (views[:, i].view(b, 1, 1, 1) for i in (5, 6, 7))
+    x = x * brightness
     mean = x.mean((1, 2, 3), keepdim=True)
-    x = (x - mean) * factor() + mean
+    x = (x - mean) * contrast + mean
     grey = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    x = (x - grey) * factor() + grey
-    x = x.clamp(0, 1)
+    x = ((x - grey) * saturation + grey).clamp(0, 1)
     x = (x - MEAN_NCHW) / STD_NCHW
-    return random_erase(x, gen, erase_prob) if erase_prob > 0 else x  # no draws at 0: same stream
-
-
-def random_erase(x: torch.Tensor, gen: torch.Generator, prob: float,
-                 area=(0.02, 0.25), log_ratio=(math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
-    """Random erasing (Zhong et al. 2017), batched: with probability `prob` per image, one box of
-    2-25% of the image, aspect ratio 0.3-3.3, is set to 0 (the data mean after normalisation)."""
-    b, _, h, w = x.shape
-    share, ratio = uniform(b, *area, gen), uniform(b, *log_ratio, gen).exp()
-    bh = (share * ratio).sqrt().clamp(max=1) * h           # box height and width in pixels
-    bw = (share / ratio).sqrt().clamp(max=1) * w
-    top, left = uniform(b, 0, 1, gen) * (h - bh), uniform(b, 0, 1, gen) * (w - bw)
-    erase = torch.rand(b, generator=gen) < prob
-    rows = torch.arange(h).view(1, h, 1)
-    cols = torch.arange(w).view(1, 1, w)
-    box = ((rows >= top.view(b, 1, 1)) & (rows < (top + bh).view(b, 1, 1))
-           & (cols >= left.view(b, 1, 1)) & (cols < (left + bw).view(b, 1, 1)) & erase.view(b, 1, 1))
+    if not views[:, 8].any():
+        return x
+    on, top, left, bh, bw = (views[:, i].view(b, 1, 1) for i in range(8, 13))
+    rows = (torch.arange(input_size).view(1, -1, 1) + 0.0) / input_size   # pixel positions as shares
+    cols = (torch.arange(input_size).view(1, 1, -1) + 0.0) / input_size
+    box = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw) & (on > 0)
     return x.masked_fill(box[:, None], 0.0)
+
+
+def augment_batch(batch_uint8: torch.Tensor, input_size: int, gen: torch.Generator,
+                  scale=(0.55, 1.0), max_rotate: float = 12.0, jitter: float = 0.3,
+                  erase_prob: float = 0.0) -> torch.Tensor:
+    """Random resized crop + flip + small rotation + colour jitter (+ random erasing) on a batch:
+    a crop whose side is sqrt(area share) of the stored side, placed anywhere inside, mirrored half
+    the time."""
+    return render_views(batch_uint8, draw_views(batch_uint8.shape[0], gen, scale, max_rotate, jitter, erase_prob),
+                        input_size)
 
 
 def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None, drop_last: bool = False,
@@ -495,12 +514,13 @@ def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None,
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Generator, prob: float):
     """With probability `prob`, MixUp or CutMix (half each) the batch with a shuffled copy of itself.
 
-    Returns the images and soft targets (B, num_classes). The mixing weight is uniform, i.e.
-    Beta(1, 1) as in the CutMix paper; for CutMix it is corrected to the pasted box's true area.
+    Returns the images, soft targets (B, num_classes) and the mix: (lam, perm), image i being lam of
+    itself and 1 - lam of image perm[i], or None. The mixing weight is uniform, i.e. Beta(1, 1) as
+    in the CutMix paper; for CutMix it is corrected to the pasted box's true area.
     """
     target = F.one_hot(y, num_classes).float()
     if prob <= 0 or torch.rand(1, generator=gen).item() >= prob:
-        return x, target
+        return x, target, None
     lam = torch.rand(1, generator=gen).item()
     perm = torch.randperm(len(y), generator=gen)
     if torch.rand(1, generator=gen).item() < 0.5:
@@ -513,4 +533,4 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Gen
         x = x.clone()
         x[..., top:top + bh, left:left + bw] = x[perm][..., top:top + bh, left:left + bw]
         lam = 1 - bh * bw / (h * w)
-    return x, lam * target + (1 - lam) * target[perm]
+    return x, lam * target + (1 - lam) * target[perm], (lam, perm)

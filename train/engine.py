@@ -23,7 +23,8 @@ from mobile_model import build_model, count_parameters, get_config, inference_pa
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
 from train.common import (accuracy, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
                           set_threads)
-from train.data import DataError, augment_batch, eval_batches, iterate_batches, load_splits, mix_batch, storage_size
+from train.bank import bank_for_run
+from train.data import DataError, augment_batch, eval_batches, iterate_batches, load_splits, mix_batch, render_views, storage_size
 from train.distributed import Processes, barrier, gather, setup, sum_over_ranks
 from train.plots import plot_confusion, plot_curves
 from train.recipes import recipe_text, result_options
@@ -105,10 +106,12 @@ def distillation_loss(logits, teacher_logp, temperature: float) -> torch.Tensor:
 
 
 def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_steps: int, epoch: int, teachers=(),
-                    procs: Processes = Processes(), memory_format: torch.memory_format = torch.contiguous_format):
+                    procs: Processes = Processes(), memory_format: torch.memory_format = torch.contiguous_format,
+                    bank=None):
     """One pass over the train split. `model` may be DDP-wrapped; `gens` = (data order generator,
     the same on every rank; augmentation generator, this rank's own); batches go to the model in
-    `memory_format`, the one its weights are in."""
+    `memory_format`, the one its weights are in. The soft targets come from `teachers` run on each
+    batch, or from a `bank` (train/bank.py): each photo then shows one of its recorded views."""
     order_gen, aug_gen = gens
     model.train()
     device = next(model.parameters()).device
@@ -121,16 +124,24 @@ def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_s
         lr = lr_at(step, total_steps, args.warmup_epochs * steps_per_epoch, args.lr)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x = augment_batch(split.images[idx], size, aug_gen, scale=(args.crop_scale, 1.0), erase_prob=args.erase_prob)
-        x, target = mix_batch(x, split.labels[idx], len(split.classes), aug_gen, args.mix_prob)
+        if bank is None:
+            x = augment_batch(split.images[idx], size, aug_gen, scale=(args.crop_scale, 1.0), erase_prob=args.erase_prob)
+        else:
+            pick = bank.pick(idx, aug_gen)
+            x = render_views(split.images[idx], bank.views[idx, pick], size)
+        x, target, mixed = mix_batch(x, split.labels[idx], len(split.classes), aug_gen, args.mix_prob)
+        if bank is not None:   # a mixed image's soft target: the same mix of its two photos' stored targets
+            probs = bank.probs(idx, pick, args.distill_temperature)
+            soft = (probs if mixed is None else mixed[0] * probs + (1 - mixed[0]) * probs[mixed[1]]).clamp_min(1e-8).log()
         x, target = x.to(device, memory_format=memory_format), target.to(device)  # augmentation stays on the CPU
         y = target.argmax(1)  # the dominant label, for the running train accuracy
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             logits = model(x)
             loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
-            if teachers:
+            if teachers or bank is not None:
+                soft = teacher_log_probs(teachers, x, args.distill_temperature) if bank is None else soft.to(device)
                 loss = (1 - args.distill_weight) * loss + args.distill_weight * distillation_loss(
-                    logits, teacher_log_probs(teachers, x, args.distill_temperature), args.distill_temperature)
+                    logits, soft, args.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -384,6 +395,10 @@ def fit(args) -> dict:
     classes = data["train"].classes
     config = replace(config, num_classes=len(classes))   # the data's classes, not a fixed four
     teachers = load_teachers(args, classes, procs.device, log)
+    bank = None
+    if args.teacher_views and teachers:   # the teachers' outputs read from a bank, not computed each step
+        bank = bank_for_run(args, data, [t.cpu() for t in teachers], log)
+        teachers = []
     run = build_run(args, config, procs)
     global_batch = args.batch_size * procs.world
     steps_per_epoch = len(data["train"]) // global_batch
@@ -405,7 +420,8 @@ def fit(args) -> dict:
         t0 = time.time()
         try:
             tr, run.step = train_one_epoch(run.net, run.ema, run.optimizer, data["train"], args, (run.order_gen, run.aug_gen),
-                                           run.step, args.epochs * steps_per_epoch, epoch, teachers, procs, run.memory_format)
+                                           run.step, args.epochs * steps_per_epoch, epoch, teachers, procs, run.memory_format,
+                                           bank)
         except KeyboardInterrupt:
             raise TrainingStopped(f"{out}: stopped by the user in epoch {epoch}; the last finished epoch, {run.epoch}, "
                                   f"is in last.ckpt: the same command with --resume continues from there") from None

@@ -145,6 +145,10 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--teacher", nargs="*", default=[], help="weights .pkl of models trained here from scratch to distil from; several = their ensemble (default: none)")
     t.add_argument("--teacher-no-flip", action="store_true", help="teachers see the student's view only, not also its "
                                                                  "mirror image: half the teacher's cost (default: off)")
+    t.add_argument("--teacher-views", type=at_least(0), default=0,
+                   help="read the teachers' outputs from a bank of this many recorded views of every photo, built "
+                        "once in --cache-dir and shared by every run of the same teachers (train/bank.py); 0: run the "
+                        "teachers on every batch (default: %(default)s)")
     t.add_argument("--distill-weight", type=fraction, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
     t.add_argument("--distill-temperature", type=real(0.05, 100), default=2.0, help="softmax temperature for distillation (default: %(default)s)")
     t.add_argument("--seed", type=at_least(0), default=0, help="seed for init, data order and augmentation (default: %(default)s)")
