@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import io
 
 import numpy as np
@@ -242,3 +243,48 @@ def test_prepare_data_reproduces_a_per_class_layout_and_never_touches_the_raw_fo
     with pytest.raises(DataError, match="holds the raw folder"):
         prepare(raw, tmp_path, 0.1, 0.1, 20, 64, force=True)
     assert sorted(p.relative_to(raw) for p in raw.rglob("*")) == before
+
+
+def test_prepare_data_force_replaces_only_its_own_output(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    write_raw(raw)
+    mine = tmp_path / "mine"
+    prepare(raw, mine, 0.2, 0.2, 20, 64)
+    manifest = (mine / "MANIFEST.csv").read_text()
+    prepare(raw, mine, 0.3, 0.2, 20, 64, force=True)          # an earlier output: replaced, as one swap
+    assert (mine / "MANIFEST.csv").read_text() != manifest and not list(tmp_path.glob(".mine*"))
+    # a folder this command did not write is never replaced: with other files, or no manifest of its own
+    others = tmp_path / "others"
+    (others / "keep").mkdir(parents=True)
+    (others / "keep" / "thesis.tex").write_text("years of work")
+    (mine / "notes.txt").write_text("mine too")
+    fake = tmp_path / "fake"
+    (fake / "train").mkdir(parents=True)
+    (fake / "MANIFEST.csv").write_text("name,size\n")
+    for out, why in ((others, "it holds keep"), (mine, "it holds notes.txt"), (fake, "no MANIFEST.csv of this command")):
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        with pytest.raises(DataError, match=f"not an earlier prepare-data output \\({why}.*Nothing was changed"):
+            prepare(raw, out, 0.2, 0.2, 20, 64, force=True)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    # the current folder (or one above it) is never replaced, even when it is an earlier output
+    (mine / "notes.txt").unlink()
+    monkeypatch.chdir(mine / "train")
+    with pytest.raises(DataError, match="is the current folder or holds it"):
+        prepare(raw, mine, 0.2, 0.2, 20, 64, force=True)
+    assert (mine / "MANIFEST.csv").exists()
+    with pytest.raises(DataError, match="is a file"):
+        prepare(raw, mine / "MANIFEST.csv", 0.2, 0.2, 20, 64)
+
+
+def test_prepare_data_skips_a_file_filed_under_two_classes(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_raw(raw)
+    (raw / "happy" / "also_sad.jpg").write_bytes((raw / "sad" / "3.jpg").read_bytes())
+    s = prepare(raw, tmp_path / "out", 0.2, 0.2, 20, 64)
+    assert s["kept"] == 12 * len(CLASSES) - 1 and s["skipped"] == 2      # the broken file and the two-class one
+    err = capsys.readouterr().err
+    assert "same file is in two class folders" in err and "also_sad.jpg" in err and "sad/3.jpg" in err
+    with open(tmp_path / "out" / "MANIFEST.csv") as f:
+        assert hashlib.sha1((raw / "sad" / "3.jpg").read_bytes()).hexdigest() not in f.read()
+    with pytest.raises(DataError, match="no image would go to train"):
+        prepare(raw, tmp_path / "none", 0.5, 0.5, 20, 64)

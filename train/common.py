@@ -90,14 +90,16 @@ def device_name(text: str) -> str:
     return text
 
 
-def at_least(low: int):
-    """argparse type: an integer of at least `low`."""
+def at_least(low: int, high: int | None = None):
+    """argparse type: an integer of at least `low` (and at most `high`, when given)."""
     def parse(text: str) -> int:
         value = int(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"{text} is less than {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} is more than {high}")
         return value
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer >= {low}" if high is None else f"integer in {low}..{high}"
     return parse
 
 

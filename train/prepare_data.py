@@ -71,7 +71,9 @@ def assign_splits(kept: list[dict], classes: list[str], val_frac: float, test_fr
         members = sorted(r["sha1"] for r in kept if r["label"] == label)
         if len(members) <= val_count + test_count:
             raise DataError(f"class '{name}': {len(members)} images after cleaning, not more than "
-                            f"--val-count {val_count} + --test-count {test_count}")
+                            f"--val-count {val_count} + --test-count {test_count}; split by share instead: "
+                            "--val-count 0 --test-count 0 --val-frac 0.15 --test-frac 0.15 "
+                            "(make prepare-data SPLIT=\"--val-frac 0.15 --test-frac 0.15\")")
         for i, sha1 in enumerate(members):
             splits[sha1] = "test" if i < test_count else "val" if i < test_count + val_count else "train"
     return splits
@@ -91,8 +93,7 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
         raise DataError(f"{out}: is inside the raw folder {raw}; write the split copy elsewhere (nothing was changed)")
     if raw.resolve().is_relative_to(out.resolve()):
         raise DataError(f"{out}: holds the raw folder {raw}; --force would delete it (nothing was changed)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise DataError(f"{out}: already exists and is not empty (use --force to replace it)")
+    check_replaceable(out, force)
     classes = class_names(raw)
     items = list_images(raw, classes)
     if not items:
@@ -100,6 +101,9 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
     records, skipped, exact = decode_unique(items, raw)
     kept = near_duplicates_removed(records, near_bits)
     splits = assign_splits(kept, classes, val_frac, test_frac, val_count, test_count)
+    if "train" not in splits.values():
+        raise DataError(f"{raw}: no image would go to train ({len(kept)} kept after cleaning); lower --near-bits "
+                        "or the val/test shares (nothing was written)")
     rows = write_split(kept, classes, out, splits, shorter_side)
     counts = {s: sum(1 for r in rows if r[0] == s) for s in ("train", "val", "test")}
     summary = {"files": len(items), "skipped": skipped, "exact_duplicates": exact,
@@ -110,14 +114,49 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
     return summary
 
 
+MANIFEST_HEADER = ["split", "label", "file", "source_sha1", "source_width", "source_height"]
+
+
+def check_replaceable(out: Path, force: bool) -> None:
+    """--out may be new, empty, or (with --force) an earlier output of this command: a folder holding
+    nothing but its MANIFEST.csv and split folders. Never the current folder or one above it."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file, not a folder (nothing was changed)")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
+        raise DataError(f"{out}: already exists and is not empty (--force replaces an earlier prepare-data output)")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise DataError(f"--out {out}: is the current folder or holds it; --force would delete it (nothing was changed)")
+    manifest = out / "MANIFEST.csv"
+    try:
+        with open(manifest, newline="") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError):
+        header = None
+    others = sorted(p.name for p in out.iterdir() if p.name not in ("MANIFEST.csv", "train", "val", "test"))
+    if header != MANIFEST_HEADER or others:
+        raise DataError(f"--out {out}: is not an earlier prepare-data output (" + (f"it holds {', '.join(others[:5])}"
+                        if others else "no MANIFEST.csv of this command") + "); --force replaces only those. "
+                        "Nothing was changed: choose a new or empty --out")
+
+
 def decode_unique(items: list, raw: Path) -> tuple[list[dict], int, int]:
-    """Each readable file once (byte-identical copies dropped), with its hash, size and dhash."""
-    records, seen_sha, skipped, exact = [], set(), 0, 0
+    """Each readable file once (byte-identical copies dropped), with its hash, size and dhash. A file
+    whose exact copies sit in two class folders has no label to trust: every copy is skipped, named."""
+    labels: dict[str, dict] = {}
+    for path, label in items:
+        labels.setdefault(hashlib.sha1(path.read_bytes()).hexdigest(), {}).setdefault(label, []).append(path)
+    conflicting = {sha1 for sha1, by_label in labels.items() if len(by_label) > 1}
+    for sha1 in sorted(conflicting):
+        warn("skipped: the same file is in two class folders, its label is unknown: "
+             + ", ".join(str(p) for paths in labels[sha1].values() for p in paths))
+    records, seen_sha, skipped, exact = [], set(conflicting), len(conflicting), 0
     for path, label in progress(sorted(items, key=lambda t: str(t[0])), desc="hash", unit="img"):
         data = path.read_bytes()
         sha1 = hashlib.sha1(data).hexdigest()
         if sha1 in seen_sha:
-            exact += 1
+            exact += sha1 not in conflicting
             continue
         try:
             img = load_rgb(path)
@@ -162,14 +201,18 @@ def write_split(kept: list[dict], classes: list[str], out: Path, splits: dict[st
             rows.append([split, classes[r["label"]], name, r["sha1"], *r["size"]])
         with open(tmp / "MANIFEST.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["split", "label", "file", "source_sha1", "source_width", "source_height"])
+            w.writerow(MANIFEST_HEADER)
             w.writerows(sorted(rows))
-        if out.exists():
-            shutil.rmtree(out)
+        old = temp_path(out, folder=True) if out.exists() else None
+        if old is not None:   # the earlier output moves aside, the new one takes its name, then the old goes
+            old.rmdir()
+            out.rename(old)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old)
     return rows
 
 
@@ -182,9 +225,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-count", type=at_least(0), default=0, help="images per class in val instead of a share; "
                                                                    "100 with --test-count 100 is the shipped layout (default: off)")
     p.add_argument("--test-count", type=at_least(0), default=0, help="images per class in test instead of a share (default: off)")
-    p.add_argument("--near-bits", type=at_least(0), default=20, help="max differing bits of 256 for near-copies (default: %(default)s)")
+    p.add_argument("--near-bits", type=at_least(0, 128), default=20, help="max differing bits of 256 for near-copies (default: %(default)s)")
     p.add_argument("--shorter-side", type=at_least(0), default=128, help="downscale so the shorter side is at most this, 0 = keep (default: %(default)s)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true", help="replace --out if it is an earlier output of this command "
+                                                        "(its MANIFEST.csv and split folders, nothing else)")
     return p
 
 
