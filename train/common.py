@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import json
 import math
 import os
@@ -160,6 +161,19 @@ def progress(iterable=None, enabled: bool = True, **kwargs):
     """A tqdm bar that disappears in non-interactive logs unless asked for (PROGRESS=1)."""
     disable = not enabled or not (sys.stderr.isatty() or os.environ.get("PROGRESS") == "1")
     return tqdm(iterable, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
+
+
+@contextmanager
+def exclusive(lock: Path, busy: str, wait: bool = False):
+    """One writer at a time: an flock on `lock`, released when the holder ends, even killed. A second
+    holder waits (`wait`) or gets a ProjectError with the `busy` message."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProjectError(busy) from None
+        yield
 
 
 def temp_path(final: str | Path, folder: bool = False) -> Path:

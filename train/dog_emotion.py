@@ -77,6 +77,8 @@ def cmd_predict(args) -> list[dict]:
     paths = expand_inputs(args.images)
     if not paths:
         raise DataError(f"{', '.join(args.images)}: no image files found")
+    if args.out:
+        check_annotation_folder(Path(args.out), paths)
     results, failed = [], 0
     for path in progress(paths, desc="predict", unit="img"):
         try:
@@ -98,6 +100,16 @@ def cmd_predict(args) -> list[dict]:
     if failed:
         raise DataError(f"{failed} of {len(paths)} images could not be read")
     return results
+
+
+def check_annotation_folder(out: Path, inputs: list[Path]) -> None:
+    """predict --out writes new files only: not into a file, not among the photos it reads."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file, not a folder")
+    inside = [p for p in inputs if p.resolve().is_relative_to(out.resolve())]
+    if inside:
+        raise DataError(f"--out {out}: holds the input {inside[0]}; annotated copies go to a folder of their own "
+                        "(nothing was written)")
 
 
 def cmd_compare(args) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mobile_model import build_model, count_parameters, get_config, inference_parameters
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
-from train.common import (accuracy, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
+from train.common import (accuracy, exclusive, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
                           set_threads)
 from train.bank import bank_for_run
 from train.data import DataError, augment_batch, eval_batches, iterate_batches, load_splits, mix_batch, render_views, storage_size
@@ -364,15 +365,23 @@ class TrainingStopped(DataError):
     """A run that cannot go on: interrupted, or its loss is no longer a number."""
 
 
+# Every file a run writes in its --out (and the only ones --force removes)
+RUN_FILES = ("last.ckpt", "best.pkl", "final.pkl", "dog_emotion.pkl", "metrics.json", "summary.md", "curves.png",
+             "confusion_test.png", "args.toml", "skipped.txt")
+
+
 def check_out(out: Path, args, main: bool = True) -> None:
     """--out must be a folder this run may write: not a file, and not another run's folder unless
-    --resume (continue it) or --force (replace it) says so. The main process (rank 0, the one that
-    writes there) also removes the temp files a killed run left."""
+    --resume (continue it) or --force (replace it: the earlier run's files go, nothing else) says so.
+    The main process (rank 0, the one that writes there) also removes the temp files a killed run left."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: is a file, not a folder")
     if not args.resume and not args.force and any((out / f).exists() for f in ("last.ckpt", "metrics.json")):
         raise DataError(f"--out {out}: holds another run (last.ckpt or metrics.json); --resume continues it, "
                         "--force replaces it, or choose another --out")
+    if args.force and not args.resume and main:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     if args.resume and (out / "metrics.json").exists() and not (out / "last.ckpt").exists():
         raise DataError(f"--out {out}: holds a finished run with no checkpoint to resume")
     for stale in out.glob(".*.tmp") if main and out.is_dir() else ():   # left by a run killed mid-write: never renamed
@@ -382,7 +391,20 @@ def check_out(out: Path, args, main: bool = True) -> None:
 
 def fit(args) -> dict:
     """Train from scratch (or --resume), as one process or as one rank of a torchrun job: every rank
-    trains on its shard of each batch; rank 0 alone evaluates, prints and writes files."""
+    trains on its shard of each batch; rank 0 alone evaluates, prints and writes files, and holds
+    the folder's lock: a second job into the same --out is refused while this one runs."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file, not a folder")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return train_job(args)
+    with exclusive(out / ".run.lock", f"--out {out}: another training run is writing to it now; "
+                                      "wait for it to end, or choose another --out"):
+        return train_job(args)
+
+
+def train_job(args) -> dict:
+    """fit's work, inside the folder's lock."""
     set_threads(args.threads)
     keep_freed_memory()
     procs = setup(args.device)
@@ -393,6 +415,9 @@ def fit(args) -> dict:
     config = run_config(args)
     data = load_data(args, config, procs, out, log)
     classes = data["train"].classes
+    if not 2 <= len(classes) <= 1000:   # checked now, not after a whole schedule: what a weights file may hold
+        raise DataError(f"{args.data}: {len(classes)} class folder(s) ({', '.join(classes[:3])}...); "
+                        "a classifier here takes 2 to 1000")
     config = replace(config, num_classes=len(classes))   # the data's classes, not a fixed four
     teachers = load_teachers(args, classes, procs.device, log)
     bank = None

@@ -130,7 +130,7 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
     t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
     t.add_argument("--input-size", type=input_size, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
-    t.add_argument("--branches", type=at_least(0), default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
+    t.add_argument("--branches", type=at_least(0, 8), default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
     t.add_argument("--epochs", type=at_least(1), default=150, help="training epochs (default: %(default)s)")
     t.add_argument("--batch-size", type=at_least(1), default=64, help="batch size (default: %(default)s)")

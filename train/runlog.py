@@ -21,7 +21,7 @@ import numpy as np
 
 from mobile_model import count_macs
 from train.checkpoint import load_weights, safe_load
-from train.common import REPO_ROOT, atomic_write, cpu_description
+from train.common import REPO_ROOT, atomic_write, cpu_description, exclusive
 from train.data import DataError
 from train.recipes import drawn_recipe, recipe_key, recipe_overrides
 
@@ -130,9 +130,11 @@ def teacher_name(path: str) -> str:
 
 
 def append_log(row: dict, log: Path) -> None:
-    """Add (or replace, by run name) one row of the JSON-lines log, atomically."""
-    rows = [r for r in read_log(log) if r["run"] != row["run"]] + [row]
-    atomic_write(log, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), mode="w")
+    """Add (or replace, by run name) one row of the JSON-lines log, atomically; concurrent adds take
+    turns (read, change, write under one lock), so none is lost."""
+    with exclusive(log.parent / f".{log.name}.lock", f"{log}: busy", wait=True):
+        rows = [r for r in read_log(log) if r["run"] != row["run"]] + [row]
+        atomic_write(log, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), mode="w")
 
 
 def read_log(log: Path) -> list[dict]:

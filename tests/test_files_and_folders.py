@@ -1,0 +1,73 @@
+"""Nothing lost, nothing mixed (files and folders): every command writes only what it owns, one
+writer at a time, and a refusal changes nothing. Each test asserts the message and the untouched files."""
+import json
+import shutil
+import threading
+
+import pytest
+
+from conftest import write_split_root
+from test_train import TINY, run_train
+from train import dog_emotion, runlog
+from train.common import exclusive
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_predict_never_writes_among_its_inputs_or_into_a_file(split_root, tmp_path, capsys):
+    run_train(split_root, tmp_path / "run", "--epochs", "1")
+    weights = str(tmp_path / "run" / "dog_emotion.pkl")
+    photos = split_root / "test"
+    before = snapshot(photos)
+    for out, message in ((photos, "holds the input"), (photos / "sad" / "sad_0.jpg", "is a file, not a folder")):
+        with pytest.raises(SystemExit):
+            dog_emotion.main(["predict", str(photos), "--weights", weights, "--out", str(out)])
+        assert message in capsys.readouterr().err
+        assert snapshot(photos) == before
+
+
+def test_one_training_run_at_a_time_in_a_folder(split_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    with exclusive(out / ".run.lock", "held by the test"):   # as a run that is still training would hold it
+        with pytest.raises(SystemExit):
+            run_train(split_root, out, "--epochs", "1", "--force")
+    assert "another training run is writing to it now" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+    run_train(split_root, out, "--epochs", "1")              # released: the next run goes ahead
+
+
+def test_force_leaves_only_the_new_runs_files(split_root, tmp_path):
+    out = tmp_path / "run"
+    run_train(split_root, out, "--epochs", "1", "--keep", "best")   # writes best.pkl, confusion_test.png
+    (out / "notes.txt").write_text("the user's own")
+    run_train(split_root, out, "--epochs", "1", "--no-test", "--force")
+    names = {p.name for p in out.iterdir()}
+    assert "confusion_test.png" not in names and "best.pkl" in names   # best.pkl: the new run writes one too
+    assert (out / "notes.txt").read_text() == "the user's own"
+    assert json.loads((out / "metrics.json").read_text())["test_acc"] is None
+
+
+def test_concurrent_run_log_adds_keep_every_row(tmp_path):
+    log = tmp_path / "runs.jsonl"
+    threads = [threading.Thread(target=runlog.append_log, args=({"run": f"r{i}", "x": i}, log)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["run"] for r in runlog.read_log(log)) == [f"r{i}" for i in range(8)]
+
+
+def test_training_refuses_what_it_could_not_save_before_the_first_epoch(tmp_path, capsys):
+    root = write_split_root(tmp_path / "data")
+    for split in ("train", "val", "test"):
+        for c in ("happy", "relaxed", "sad"):
+            shutil.rmtree(root / split / c)
+    with pytest.raises(SystemExit):
+        dog_emotion.main(["train", "--data", str(root), "--out", str(tmp_path / "one"), *TINY])
+    assert "1 class folder(s) (angry...); a classifier here takes 2 to 1000" in capsys.readouterr().err
+    assert not (tmp_path / "one" / "last.ckpt").exists()
+    with pytest.raises(SystemExit):
+        dog_emotion.parse_args(["train", "--branches", "9"])
+    assert "9 is more than 8" in capsys.readouterr().err
