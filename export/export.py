@@ -38,7 +38,7 @@ from export.executorch_export import export_pte
 from export.litert_export import RANGES as LITERT_RANGES
 from export.runtimes import FORMATS, batched_logits, make_runner
 from train.checkpoint import load_for_export, save_weights
-from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, command_errors, cpu_description,
+from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, at_least, command_errors, cpu_description,
                           markdown_table, save_json, save_text, save_torch, temp_path)
 from train.data import (DEFAULT_DATA, DecodedSplit, check_data_root, eval_batches, load_folder, preprocess_spec,
                         storage_size)
@@ -431,8 +431,8 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="split root; test for parity, train for calibration (default: %(default)s)")
     ap.add_argument("--out", default=str(ARTIFACTS / "export"), help="output folder (default: %(default)s)")
-    ap.add_argument("--calib-count", type=int, default=1000, help="training images for INT8 calibration (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=0, help="seed for picking calibration images (default: %(default)s)")
+    ap.add_argument("--calib-count", type=at_least(1), default=1000, help="training images for INT8 calibration (default: %(default)s)")
+    ap.add_argument("--seed", type=at_least(0), default=0, help="seed for picking calibration images (default: %(default)s)")
     ap.add_argument("--model-card", default=str(REPO_ROOT / "MODEL_CARD.md"),
                     help="where to write the model card ('' for none; default: %(default)s)")
     ap.add_argument("--no-calibrate", action="store_true",

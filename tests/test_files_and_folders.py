@@ -71,3 +71,20 @@ def test_training_refuses_what_it_could_not_save_before_the_first_epoch(tmp_path
     with pytest.raises(SystemExit):
         dog_emotion.parse_args(["train", "--branches", "9"])
     assert "9 is more than 8" in capsys.readouterr().err
+
+
+def test_predict_prints_a_file_name_that_is_not_utf8(split_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from train.common import REPO_ROOT
+    run_train(split_root, tmp_path / "run", "--epochs", "1")
+    odd = tmp_path / "photos"
+    odd.mkdir()
+    shutil.copy(split_root / "test" / "sad" / "sad_0.jpg", os.fsencode(odd) + b"/\xff.jpg")
+    shutil.copy(split_root / "test" / "sad" / "sad_1.jpg", odd / "z.jpg")
+    p = subprocess.run([sys.executable, "-m", "train.dog_emotion", "predict", str(odd), "--weights",
+                        str(tmp_path / "run" / "dog_emotion.pkl")], cwd=REPO_ROOT, capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    out = p.stdout.decode()
+    assert p.returncode == 0 and "\\udcff.jpg" in out and "z.jpg" in out   # and the files after it still run

@@ -368,6 +368,8 @@ def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | N
         if len(split) == 0:
             raise DataError(f"{folder}: none of the {len(items)} files could be decoded")
     else:
+        if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise DataError(f"--cache-dir {cache_dir}: is a file, not a folder")
         stem = Path(cache_dir) / f"{folder.name}-{size}px-{key}"
         index_file, images_file = stem.with_suffix(".pt"), stem.with_suffix(".u8")
         split = read_cache(index_file, images_file, size)

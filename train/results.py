@@ -25,6 +25,11 @@ RESULTS = REPO_ROOT / "docs" / "results.md"
 FRONTIER = REPO_ROOT / "docs" / "frontier.png"
 
 
+def cell(text: str) -> str:
+    """A name as a Markdown table cell: '|' would split the column, '<' could open a comment or close a block."""
+    return str(text).replace("|", "\\|").replace("<", "&lt;")
+
+
 def recipe_name(row: dict) -> str:
     name = Path(row["recipe"]).stem if row["recipe"] else row["model"]
     return f"{name} {row['options']}".strip() + (" (train+val)" if row.get("train_on") == "train+val" else "")
@@ -51,7 +56,7 @@ def size_table(rows: list[dict]) -> str:
     table = []
     for name, runs in sorted(by_recipe(rows).items(), key=lambda kv: (kv[1][0]["params"], kv[0])):
         finals = [r["final_val"] for r in runs if r["final_val"] is not None]
-        table.append({"recipe": f"`{name}`", "model": runs[0]["model"], "teacher": ", ".join(runs[0]["teacher"]) or "-",
+        table.append({"recipe": cell(name), "model": runs[0]["model"], "teacher": ", ".join(runs[0]["teacher"]) or "-",
                       "params": f"{runs[0]['params']:,}", "MACs": f"{runs[0]['macs'] / 1e6:.2f} M",
                       "epochs": runs[0]["epochs"], "seeds": ", ".join(str(r["seed"]) for r in runs),
                       "final val (%)": spread(finals),
@@ -62,7 +67,7 @@ def size_table(rows: list[dict]) -> str:
 
 
 def run_table(rows: list[dict]) -> str:
-    return markdown_table([{"run": r["run"], "seed": r["seed"], "params": f"{r['params']:,}", "epochs": r["epochs"],
+    return markdown_table([{"run": cell(r["run"]), "seed": r["seed"], "params": f"{r['params']:,}", "epochs": r["epochs"],
                             "final val": "-" if r["final_val"] is None else f"{r['final_val']:.2f}",
                             "best val": f"{r['best_val']:.2f}" + (f" at {r['best_epoch']}" if r.get("best_epoch") else ""),
                             "test": "-" if r["test"] is None else f"{r['test']:.2f}", "minutes": r["minutes"],

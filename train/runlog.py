@@ -31,8 +31,7 @@ def read_run(run_dir: str | Path) -> dict:
     last.ckpt while it is still going (or was stopped)."""
     run_dir = Path(run_dir)
     if (run_dir / "metrics.json").is_file():
-        with open(run_dir / "metrics.json") as f:
-            run = json.load(f)
+        run = read_metrics(run_dir)
     elif (run_dir / "last.ckpt").is_file():
         run = safe_load(run_dir / "last.ckpt")
     elif run_dir.exists() and not run_dir.is_dir():
@@ -41,8 +40,21 @@ def read_run(run_dir: str | Path) -> dict:
         raise DataError(f"{run_dir}: not a training run folder (no metrics.json or last.ckpt in it)")
     if not run.get("history"):
         raise DataError(f"{run_dir}: the run has no finished epoch yet")
+    if not isinstance(run.get("args"), dict) or not all(isinstance(h, dict) and "val_acc" in h for h in run["history"]):
+        raise DataError(f"{run_dir}: not a run this trainer wrote (no 'args', or epochs without 'val_acc')")
     return {"args": run["args"], "history": run["history"], "finished": "val_acc" in run,
             "test_acc": run.get("test_acc")}
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """A finished run's metrics.json, or a DataError naming the file and what is wrong with it."""
+    try:
+        run = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{run_dir / 'metrics.json'}: not a JSON file ({e})") from None
+    if not isinstance(run, dict):
+        raise DataError(f"{run_dir / 'metrics.json'}: holds a {type(run).__name__}, not a run's metrics")
+    return run
 
 
 def run_summary(name: str, run: dict, until: int = 0) -> dict:
@@ -106,12 +118,14 @@ def log_row(run_dir: str | Path, note: str = "") -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").is_file():
         raise DataError(f"{run_dir}: no metrics.json (not a finished training run)")
-    with open(run_dir / "metrics.json") as f:
-        m = json.load(f)
+    m = read_metrics(run_dir)
+    missing = [k for k in ("args", "params", "train_params", "history", "best_epoch", "train_minutes", "config") if k not in m]
+    if missing or not m.get("history"):
+        raise DataError(f"{run_dir / 'metrics.json'}: lacks {', '.join(missing) or 'history'} (not a finished run of this trainer)")
     a = m["args"]
     model, _ = load_weights(run_dir / "dog_emotion.pkl")
     recipe = drawn_recipe(Path(a["config"])).resolve() if a.get("config") else None   # a seed file: its base
-    return {"run": run_dir.name, "recipe": str(recipe.relative_to(REPO_ROOT)) if recipe and recipe.is_relative_to(REPO_ROOT)
+    return {"run": run_dir.resolve().name, "folder": folder_name(run_dir), "recipe": str(recipe.relative_to(REPO_ROOT)) if recipe and recipe.is_relative_to(REPO_ROOT)
             else str(recipe or ""), "options": recipe_overrides(a),
             "model": a["model"], "seed": a["seed"], "teacher": [teacher_name(t) for t in a.get("teacher", [])],
             "train_on": a.get("train_on", "train"), "params": m["params"], "train_params": m["train_params"],
@@ -121,6 +135,12 @@ def log_row(run_dir: str | Path, note: str = "") -> dict:
             "best_epoch": m["best_epoch"], "test": m.get("test_acc"), "minutes": round(m["train_minutes"], 1),
             "machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "input_size": m["config"]["input_size"], "note": note}
+
+
+def folder_name(run_dir: Path) -> str:
+    """Where a run was, relative to the project when inside it: two folders of one name stay apart."""
+    full = run_dir.resolve()
+    return str(full.relative_to(REPO_ROOT)) if full.is_relative_to(REPO_ROOT) else str(full)
 
 
 def teacher_name(path: str) -> str:
@@ -133,18 +153,36 @@ def append_log(row: dict, log: Path) -> None:
     """Add (or replace, by run name) one row of the JSON-lines log, atomically; concurrent adds take
     turns (read, change, write under one lock), so none is lost."""
     with exclusive(log.parent / f".{log.name}.lock", f"{log}: busy", wait=True):
-        rows = [r for r in read_log(log) if r["run"] != row["run"]] + [row]
+        rows = read_log(log)
+        twin = next((r for r in rows if r["run"] == row["run"] and r.get("folder", row.get("folder")) != row.get("folder")), None)
+        if twin:
+            raise DataError(f"{log}: a run named {row['run']!r} from {twin['folder']} is already logged; "
+                            f"{row['folder']} is another run: rename its folder")
+        rows = [r for r in rows if r["run"] != row["run"]] + [row]
         atomic_write(log, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), mode="w")
+
+
+LOG_KEYS = ("run", "recipe", "options", "model", "seed", "teacher", "params", "macs", "epochs", "final_val", "best_val",
+            "test", "minutes", "date")   # what the tables read of every row
 
 
 def read_log(log: Path) -> list[dict]:
     if not log.is_file():
         return []
+    try:
+        text = log.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{log}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     rows = []
-    for i, line in enumerate(log.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{log}: line {i} is not JSON ({e.msg})") from None
+            missing = [k for k in LOG_KEYS if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise DataError(f"{log}: line {i} is not a run row (" + (f"lacks {', '.join(missing)}" if isinstance(row, dict)
+                                                                         else f"a {type(row).__name__}") + ")")
+            rows.append(row)
     return rows
