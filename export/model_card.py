@@ -16,7 +16,7 @@ from export.runtimes import FORMATS
 from mobile_model import CONFIGS, count_macs
 from train.common import ARTIFACTS, RUN_LOG, SHIPPED_RECIPE, markdown_table, percent
 from train.data import preprocess, preprocess_spec
-from train.engine import wilson_interval
+from train.scoring import wilson_interval
 from train.recipes import read_recipe
 from train.runlog import mean_sd, read_log
 

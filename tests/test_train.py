@@ -281,7 +281,7 @@ def test_every_recipe_in_the_repo_loads():
 
 
 def test_wilson_interval_matches_hand_computed_values():
-    from train.engine import wilson_interval
+    from train.scoring import wilson_interval
     lo, hi = wilson_interval(70, 100)   # by hand: centre 0.719208/1.038416, half 1.96*sqrt(.00219604)/1.038416
     assert abs(lo - 60.415) < 1e-3 and abs(hi - 78.105) < 1e-3
     lo, hi = wilson_interval(0, 10)                          # stays inside [0, 100] where the normal one does not

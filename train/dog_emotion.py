@@ -6,7 +6,7 @@
     python -m train.dog_emotion compare  RUN_DIR... [--until N] [--out runs.png]   # recipes by mean final val over seeds
     torchrun --standalone --nproc_per_node 2 -m train.dog_emotion train --batch-size 32 ...   # DDP
 
-The work is done by the library: train/engine.py (training), train/recipes.py (--config),
+The work is done by the library: train/engine.py (training), train/scoring.py (inference and scores), train/recipes.py (--config),
 train/runlog.py (comparing runs), train/data.py and train/checkpoint.py.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mobile_model import count_parameters
-from train import engine, runlog
+from train import engine, runlog, scoring
 from train.checkpoint import load_weights
 from train.common import (ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, at_least, command_errors, device_name, markdown_table, percent, progress,
                           resolve_device)
@@ -47,11 +47,11 @@ def cmd_evaluate(args) -> dict:
             raise DataError(f"{folder}: {weights} reads other images than {args.weights[0]} (input sizes skip other files)")
         split = split_here
         models.append(model)
-        logits.append(engine.predict_logits(model, split.images))
+        logits.append(scoring.predict_logits(model, split.images))
         if len(args.weights) > 1:
-            print(f"{weights}: {engine.score(logits[-1], split)['acc']:.2f}%")
-    r = engine.score(engine.ensemble_logits(logits) if len(logits) > 1 else logits[0], split)
-    lo, hi = engine.wilson_interval(r["correct"], r["n"])
+            print(f"{weights}: {scoring.score(logits[-1], split)['acc']:.2f}%")
+    r = scoring.score(scoring.ensemble_logits(logits) if len(logits) > 1 else logits[0], split)
+    lo, hi = scoring.wilson_interval(r["correct"], r["n"])
     if len(args.weights) > 1:
         print(f"ensemble of the {len(args.weights)} (mean softmax):")
     print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped" + (" (named above)" if split.skipped else ""))

@@ -25,9 +25,10 @@ from train.checkpoint import CheckpointError, load_weights, safe_load, save_weig
 from train.common import (accuracy, exclusive, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
                           set_threads)
 from train.bank import bank_for_run
-from train.data import DataError, augment_batch, eval_batches, iterate_batches, load_splits, mix_batch, render_views, storage_size
+from train.data import DataError, augment_batch, iterate_batches, load_splits, mix_batch, render_views, storage_size
 from train.distributed import Processes, barrier, gather, setup, sum_over_ranks
 from train.plots import plot_confusion, plot_curves
+from train.scoring import evaluate
 from train.recipes import recipe_text, result_options
 
 # ---------------------------------------------------------------- the parts of a step
@@ -164,54 +165,6 @@ def ema_source(model: torch.nn.Module) -> torch.nn.Module:
 def augmentation_seed(seed: int, rank: int) -> int:
     """A seed per (run seed, rank): each DDP rank augments its shard with its own random stream."""
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-@torch.no_grad()
-# ---------------------------------------------------------------- evaluation
-
-def predict_logits(model, images_uint8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    model.eval()
-    if len(images_uint8) == 0:
-        return torch.empty(0, model.config.num_classes)
-    device = next(model.parameters()).device
-    return torch.cat([model(x.to(device)).float().cpu()
-                      for x in eval_batches(images_uint8, model.config.input_size, batch_size)])
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of an accuracy, in percent: how far a 400-image split's number
-    could move on another sample of the same data (about +-4.5 points at 70%)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
-
-
-def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
-    """Loss, accuracy, per-class accuracy and confusion matrix of a decoded split."""
-    return score(predict_logits(model, split.images), split, label_smoothing)
-
-
-def ensemble_logits(logits: list[torch.Tensor]) -> torch.Tensor:
-    """Several models' logits on the same images as one model's: the log of their mean softmax."""
-    return torch.stack([lg.softmax(1) for lg in logits]).mean(0).clamp_min(1e-12).log()
-
-
-def score(logits: torch.Tensor, split, label_smoothing: float = 0.0) -> dict:
-    """evaluate()'s numbers from logits already computed (one model's, or an ensemble's)."""
-    pred = logits.argmax(1)
-    k = len(split.classes)
-    cm = torch.zeros(k, k, dtype=torch.long)
-    cm.index_put_((split.labels, pred), torch.ones_like(pred), accumulate=True)
-    per_class = {c: (100 * cm[i, i].item() / cm[i].sum().item()) if cm[i].sum() else None  # None: no images
-                 for i, c in enumerate(split.classes)}
-    return {"loss": F.cross_entropy(logits, split.labels, label_smoothing=label_smoothing).item(),
-            "acc": accuracy(pred, split.labels), "correct": int((pred == split.labels).sum()), "n": len(split),
-            "per_class": per_class, "confusion": cm.tolist()}
-
-
 
 
 # ---------------------------------------------------------------- a whole training job
