@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from export.runtimes import batched_logits, make_runner
-from train.checkpoint import MAX_TEMPERATURE, CheckpointError, load_weights, state_digest
+from train.checkpoint import MAX_TEMPERATURE, MIN_TEMPERATURE, CheckpointError, load_weights
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, command_errors, save_torch
 from train.data import DEFAULT_DATA, check_data_root, load_folder, storage_size
 from train.plots import plt, save_figure
@@ -33,9 +33,17 @@ from train.plots import plt, save_figure
 BINS = 15   # the usual count for expected calibration error
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+class CalibrationError(CheckpointError):
+    """Logits that cannot give a temperature a user could trust; the message names whose they are."""
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, whose: str = "the logits") -> float:
     """The T > 0 that minimises the NLL of softmax(logits / T), in float64 (Newton on log T would
-    do as well; L-BFGS is torch's own). The NLL is convex in 1/T, so the minimum is the minimum."""
+    do as well; L-BFGS is torch's own). The NLL is convex in 1/T, so the minimum is the minimum.
+    Refused outside [MIN_TEMPERATURE, MAX_TEMPERATURE], and for logits that are not all finite."""
+    if not torch.isfinite(logits).all():
+        raise CalibrationError(f"{whose}: {int((~torch.isfinite(logits)).sum())} val logits are not finite numbers; "
+                               "no temperature can be fitted to them")
     z, y = logits.double(), labels
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14,
@@ -48,8 +56,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
     opt.step(closure)
     t = float(log_t.detach().exp())
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature fit failed (T = {t})")
+    if not (math.isfinite(t) and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+        raise CalibrationError(f"{whose}: fit T = {t:.3g} on val, outside [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]: "
+                               + ("the logits say nothing of val (is it a trained model?)" if t > 1 else
+                                  "sure of every val photo, as a model is of photos it trained on"))
     return t
 
 
@@ -102,6 +112,16 @@ def plot_reliability(before: dict, after: dict, temperature: float, path: str | 
     return save_figure(fig, path)
 
 
+NEAR_COPY = 0.01   # two runs of one recipe from other seeds differ by about 1 (relative distance of their weights)
+
+
+def relative_distance(a: dict, b: dict) -> float:
+    """|a - b| / |b| over every floating tensor of two state dicts of one architecture."""
+    diff = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a if a[k].is_floating_point())
+    norm = sum(float(b[k].double().pow(2).sum()) for k in b if b[k].is_floating_point())
+    return math.sqrt(diff / max(norm, 1e-30))
+
+
 def record_sibling_temperature(weights: str | Path, sibling: str | Path, data: str | Path) -> dict:
     """Fit T on val with `sibling`'s logits and store it in `weights` under "calibration" (the
     tensors untouched; the file rewritten atomically). Returns the record."""
@@ -110,14 +130,12 @@ def record_sibling_temperature(weights: str | Path, sibling: str | Path, data: s
     if twin.config != model.config or twin_ckpt["classes"] != ckpt["classes"]:
         raise CheckpointError(f"{sibling}: holds {twin.config} for {twin_ckpt['classes']}, not the {model.config} for "
                               f"{ckpt['classes']} of {weights}: a sibling is a run of the same recipe")
-    if state_digest(twin_ckpt["state_dict"]) == state_digest(ckpt["state_dict"]):
-        raise CheckpointError(f"{sibling}: the same weights as {weights}; the sibling must be a run that did not train on val")
+    if relative_distance(twin.state_dict(), model.state_dict()) < NEAR_COPY:   # both folded: one layout
+        raise CheckpointError(f"{sibling}: the same weights as {weights}, or a near copy; the sibling must be another run "
+                              "of the recipe, one that did not train on val")
     val = load_folder(check_data_root(data) / "val", ckpt["classes"], storage_size(model.config.input_size), ARTIFACTS / "cache")
     logits = torch.from_numpy(batched_logits(make_runner("eager", model=twin), val.images, model.config.input_size))
-    temperature = fit_temperature(logits, val.labels)
-    if not temperature < MAX_TEMPERATURE:   # softmax(z / T) is then flat: the logits say nothing about val
-        raise CheckpointError(f"{sibling}: its val logits fit T = {temperature:.3g}, no better than a uniform guess; "
-                              "is it a trained run of the recipe?")
+    temperature = fit_temperature(logits, val.labels, str(sibling))
     record = {"temperature": temperature, "fitted_with": str(sibling), "val_images": len(val),
               "sibling_val_nll": calibration_report(logits / temperature, val.labels)["nll"]}
     ckpt["calibration"] = record   # load_weights' dict is the file as stored

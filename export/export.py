@@ -32,7 +32,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.profile import profile, report
-from export.calibration import calibration_report, fit_temperature, fold_temperature, plot_reliability
+from export.calibration import CalibrationError, calibration_report, fit_temperature, fold_temperature, plot_reliability
 from export import model_card
 from export.executorch_export import export_pte
 from export.litert_export import RANGES as LITERT_RANGES
@@ -347,7 +347,7 @@ def search_onnx_int8(job: ExportJob) -> list[dict]:
     return [r for r, _, _ in rows]
 
 
-def calibrate(model, ckpt: dict, val: DecodedSplit, test: DecodedSplit) -> tuple[torch.nn.Module, dict]:
+def calibrate(model, ckpt: dict, val: DecodedSplit, test: DecodedSplit, weights: str) -> tuple[torch.nn.Module, dict]:
     """The model with a temperature folded into its classifier, and ECE and NLL on test before and
     after (temperature scaling moves no argmax: accuracy is unchanged). The temperature is the one
     the weights file records (fitted on a sibling's held-out val logits: export/calibration.py), or
@@ -359,7 +359,8 @@ def calibrate(model, ckpt: dict, val: DecodedSplit, test: DecodedSplit) -> tuple
     if recorded:
         temperature, fitted_with = float(recorded["temperature"]), recorded["fitted_with"]
     else:
-        temperature, fitted_with = fit_temperature(torch.from_numpy(batched_logits(run, val.images, size)), val.labels), None
+        val_logits = torch.from_numpy(batched_logits(run, val.images, size))
+        temperature, fitted_with = fit_temperature(val_logits, val.labels, f"{weights} on {len(val)} val photos"), None
     calibrated = fold_temperature(model, temperature)
     after = torch.from_numpy(batched_logits(make_runner("eager", model=calibrated), test.images, size))
     return calibrated, {"temperature": temperature, "fitted_with": fitted_with,
@@ -379,8 +380,15 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
                         for s in ("test", "val", "train"))
     calib = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:calib_count]]
     calibration = {}
-    if temperature:
-        model, calibration = calibrate(model, ckpt, val, test)
+    if temperature and ckpt["metrics"].get("train_on") == "train+val" and not ckpt.get("calibration"):
+        print(f"NOTE: not calibrated: {weights} trained on val, so its val logits would over-sharpen any temperature; "
+              "`make temperature WEIGHTS=... SIBLING=<the recipe trained on train only>` records one to fold")
+    elif temperature:
+        try:
+            model, calibration = calibrate(model, ckpt, val, test, weights)
+        except CalibrationError as e:   # the export goes on, uncalibrated, and says why
+            print(f"NOTE: not calibrated: {e}")
+    if calibration:
         plot_reliability(calibration["before"], calibration["after"], calibration["temperature"], out / "reliability.png",
                          "a train-only sibling's val logits" if calibration["fitted_with"] else "val")
         save_weights(model, ckpt["classes"], out / CALIBRATED_WEIGHTS,

@@ -336,6 +336,9 @@ def test_the_temperature_folds_into_the_classifier_and_is_recovered():
     z = torch.randn(20_000, 4, generator=g) * 2
     labels = torch.multinomial(z.softmax(1), 1, generator=g).squeeze(1)
     assert abs(fit_temperature(3 * z, labels) - 3.0) < 0.1
+    from export.calibration import CalibrationError   # right on every photo: the NLL falls as T -> 0, never held
+    with pytest.raises(CalibrationError, match="fit T = .* outside \\[0.05, 100\\]: sure of every val photo"):
+        fit_temperature(1e-3 * z, z.argmax(1), "val")
     before, after = calibration_report(3 * z, labels), calibration_report(z, labels)
     assert after["ece"] < 0.02 < before["ece"] and after["nll"] < before["nll"]
     assert before["accuracy"] == after["accuracy"] and sum(b["n"] for b in before["bins"]) == 20_000
@@ -364,7 +367,7 @@ def test_a_siblings_temperature_is_recorded_and_folded_at_export(real_data, tmp_
     recorded = recorded_ckpt["calibration"]
     assert abs(recorded["temperature"] - 0.8 * own) < 1e-4 * own
     assert recorded["fitted_with"] == str(sibling_path) and recorded["val_images"] == len(val) == 400
-    calibrated, info = exporter.calibrate(model, recorded_ckpt, val, test)   # what make export folds
+    calibrated, info = exporter.calibrate(model, recorded_ckpt, val, test, str(weights))   # what make export folds
     assert info["temperature"] == recorded["temperature"] and info["fitted_with"] == str(sibling_path)
     x = torch.rand(2, 3, size, size)
     with torch.no_grad():
@@ -385,14 +388,25 @@ def test_a_sibling_temperature_is_refused_when_it_cannot_hold(nano_weights, spli
     before = nano_weights.read_bytes()
     with pytest.raises(SystemExit, match="the same weights"):
         record(nano_weights)
+    model, ckpt = load_weights(nano_weights)   # a near copy: every weight moved by a thousandth
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.001)
+    with pytest.raises(SystemExit, match="or a near copy"):
+        record(save_weights(model, classes, tmp_path / "near.pkl"))
     with pytest.raises(SystemExit, match="a run of the same recipe"):
         record(save_weights(MobileCNN(replace(get_config("nano"), input_size=48)).eval(), classes, tmp_path / "other.pkl"))
     torch.manual_seed(1)   # an untrained network of the same config: its logits know nothing of these photos
     untrained = randomize_batchnorm(MobileCNN(replace(get_config("nano"), input_size=32))).eval()
-    with pytest.raises(SystemExit, match="no better than a uniform guess"):
+    with pytest.raises(SystemExit, match="outside \\[0.05, 100\\]: the logits say nothing of val"):
         record(save_weights(untrained, classes, tmp_path / "untrained.pkl"))
+    with torch.no_grad():   # finite weights whose logits overflow float32
+        untrained.classifier.weight.fill_(3e38)
+    with pytest.raises(SystemExit, match="val logits are not finite numbers"):
+        record(save_weights(untrained, classes, tmp_path / "inf.pkl"))
     assert nano_weights.read_bytes() == before   # nothing was recorded
     for bad in ({"temperature": -1.0, "fitted_with": "x"}, {"temperature": "0.9", "fitted_with": "x"},
+                {"temperature": 5.2e-7, "fitted_with": "x"},
                 {"temperature": float("nan"), "fitted_with": "x"}, 0.9):
         torch.save({**torch.load(nano_weights, weights_only=True), "calibration": bad}, tmp_path / "bad.pkl")
         with pytest.raises(CheckpointError, match="'calibration' must record a temperature"):
@@ -418,3 +432,17 @@ def test_the_model_card_is_written_from_the_measurements(exported, tmp_path):
     assert f"**{acc:.2f}%** on 400 photos" in card and f"**{ckpt['params']:,} parameters**" in card
     assert f"T = {info['calibration']['temperature']:.3f}" in card and "a person (matplotlib's grace_hopper.jpg)" in card
     assert "not measured yet: run `make bench`" in card and "| onnx_fp32 | dog_emotion.onnx |" in card
+
+
+def test_weights_that_trained_on_val_are_not_calibrated_on_it(nano_weights, split_root, tmp_path, capsys):
+    from train.checkpoint import save_weights
+    model, ckpt = load_weights(nano_weights)
+    on_val = save_weights(model, ckpt["classes"], tmp_path / "tv.pkl", {"train_on": "train+val"})
+    job = exporter.prepare_job(str(on_val), str(split_root), tmp_path / "out", 8, 0, True)
+    assert job.calibration == {} and job.meta["temperature"] == 1.0
+    assert "NOTE: not calibrated: " + str(on_val) + " trained on val" in capsys.readouterr().out
+    # weights whose val logits hold no temperature (an untrained network) export uncalibrated, saying why
+    train_only = save_weights(model, ckpt["classes"], tmp_path / "t.pkl", {"train_on": "train"})
+    job = exporter.prepare_job(str(train_only), str(split_root), tmp_path / "out2", 8, 0, True)
+    assert job.calibration == {} and "NOTE: not calibrated: " in capsys.readouterr().out
+    assert not (tmp_path / "out2" / "dog_emotion.pkl").exists()

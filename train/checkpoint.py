@@ -31,7 +31,10 @@ class CheckpointError(ProjectError):
 
 
 MAX_UNPACKED_BYTES = 512 << 20   # no weights file or checkpoint of this project comes near it
-MAX_TEMPERATURE = 100.0   # the most a recorded temperature may be (export/calibration.py refuses to record more)
+# The temperatures a weights file may record (export/calibration.py refuses to fit others): under
+# MIN_TEMPERATURE the logits are multiplied by more than 20 and every answer reads as certain; over
+# MAX_TEMPERATURE softmax is flat, as if the logits said nothing
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0
 
 
 def check_archive(path: Path) -> None:
@@ -116,8 +119,8 @@ def load_weights(path: str | Path, expect: ModelConfig | None = None) -> tuple[M
         raise CheckpointError(f"{path}: 'classes' must be a list of {config.num_classes} distinct names, found {classes!r:.100}")
     cal = ckpt.get("calibration")   # a temperature recorded by export/calibration.py, folded at export
     if cal is not None and not (isinstance(cal, dict) and type(cal.get("temperature")) is float
-                                and 0 < cal["temperature"] < MAX_TEMPERATURE and isinstance(cal.get("fitted_with"), str)):
-        raise CheckpointError(f"{path}: 'calibration' must record a temperature in (0, {MAX_TEMPERATURE:g}) and the weights it was "
+                                and MIN_TEMPERATURE <= cal["temperature"] <= MAX_TEMPERATURE and isinstance(cal.get("fitted_with"), str)):
+        raise CheckpointError(f"{path}: 'calibration' must record a temperature in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] and the weights it was "
                               f"fitted with, found {cal!r:.100}")
     if expect is not None and config != expect:
         raise CheckpointError(f"{path}: holds config {config}, but {expect} was asked for")

@@ -445,7 +445,8 @@ def finish(out: Path, run: Run, data: dict, args, processes: int = 1) -> dict:
         "args": vars(args), "history": run.history,
     }
     save_weights(model, classes, out / "dog_emotion.pkl",
-                 {k: metrics[k] for k in ("val_acc", "test_acc", "best_epoch", "train_minutes") if metrics[k] is not None})
+                 {**{k: metrics[k] for k in ("val_acc", "test_acc", "best_epoch", "train_minutes") if metrics[k] is not None},
+                  "train_on": args.train_on})   # export: val can calibrate only weights that never trained on it
     save_json(metrics, out / "metrics.json")
     save_text(summary_text(metrics, args, test), out / "summary.md")
     print(f"\nkept the {args.keep} weights (epoch {metrics['best_epoch'] if args.keep == 'best' else run.epoch}): "
