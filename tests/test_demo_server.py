@@ -21,7 +21,8 @@ def server(tmp_path):
                 "node_modules/onnxruntime-web/package.json", f"{RUNTIME}/sub/x.js"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(rel)
-    srv = serve.make_server("127.0.0.1", 0, root, timeout=0.5, workers=4)
+    (root / "models" / "dog_emotion.int8.onnx").symlink_to(root / "serve.py")   # a link inside web/: never followed
+    srv = serve.make_server("127.0.0.1", 0, root, timeout=0.5, workers=4, header_deadline=1.0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv
     srv.shutdown()
@@ -43,7 +44,7 @@ def get(srv, path: str) -> tuple[int, bytes]:
     (f"/{RUNTIME}/ort.wasm.min.js", 200), (f"/{RUNTIME}/ort-wasm-simd-threaded.wasm", 200),
     ("/serve.py", 404), ("/serve.py%00.html", 404), ("/models/", 404), ("/node_modules/", 404),
     (f"/{RUNTIME}/", 404), ("/models/other.onnx", 404), ("/node_modules/onnxruntime-web/package.json", 404),
-    (f"/{RUNTIME}/sub/x.js", 404), ("/../web/index.html", 404), ("/%2e%2e/web/index.html", 404),
+    (f"/{RUNTIME}/sub/x.js", 404), ("/models/dog_emotion.int8.onnx", 404), ("/../web/index.html", 404), ("/%2e%2e/web/index.html", 404),
     ("/models%2fdog_emotion.onnx%ff", 404), ("//etc/passwd", 404),
 ])
 def test_only_the_pages_files_are_served(server, capfd, path, status):
@@ -85,3 +86,27 @@ def test_bad_port_and_host_are_one_line_errors(tmp_path, monkeypatch, capsys):
                 serve.main(["--host", host, "--port", port])
             err = capsys.readouterr().err
             assert e.value.code == 2 and f"error: cannot listen on {host}:{port}: " in err and "Traceback" not in err
+
+
+def test_clients_that_trickle_their_request_cannot_hold_the_workers(server):
+    """16 clients sending a byte every 0.3 s (the per-read timeout is 0.5 s, so it never fires) hold
+    the 4 workers only until the 1 s header deadline; past the queue, connections are closed at once."""
+    stop = threading.Event()
+
+    def trickle():
+        try:
+            with socket.create_connection(("127.0.0.1", server.server_port)) as s:
+                while not stop.is_set():
+                    s.sendall(b"G")
+                    time.sleep(0.3)
+        except OSError:
+            pass   # hung up on by the server: what the deadline is for
+
+    clients = [threading.Thread(target=trickle, daemon=True) for _ in range(16)]
+    for c in clients:
+        c.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert get(server, "/")[0] == 200
+    assert time.monotonic() - t0 < 8, "a trickling client is cut off at the header deadline"
+    stop.set()

@@ -5,16 +5,23 @@ WebAssembly threads need. `make demo` runs it; HOST=0.0.0.0 serves a phone on th
     python web/serve.py [--host 127.0.0.1] [--port 8000]
 
 Exposed to a network, it serves only what the page loads (the page, the three model files,
-onnxruntime-web's scripts and WebAssembly), never a folder listing or any other file, with at most
-MAX_WORKERS requests at once on sockets that time out, so idle connections cannot pile up threads.
+onnxruntime-web's scripts and WebAssembly), never a folder listing, a symbolic link or any other
+file, with at most MAX_WORKERS requests at once on sockets that time out, at most QUEUE_PER_WORKER
+more waiting, and HEADER_DEADLINE_S for a client to send its whole request: idle or trickling
+connections cannot pile up threads or hold the workers.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import http.server
+import io
+import math
 import os
+import socket
 import sys
+import threading
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +32,9 @@ PAGE_FILES = {"index.html", "app.js", "style.css",
 RUNTIME_DIR = "node_modules/onnxruntime-web/dist/"   # the page asks it for ort-wasm-*.{mjs,wasm}
 RUNTIME_SUFFIXES = (".js", ".mjs", ".wasm")
 MAX_WORKERS = 16
-TIMEOUT_S = 10.0
+QUEUE_PER_WORKER = 4         # connections waiting for a worker, per worker; more are closed at once
+TIMEOUT_S = 10.0             # per read: a client that stops sending
+HEADER_DEADLINE_S = 15.0     # in all, for the request line and headers: a client that sends a byte at a time
 
 
 def served_file(root: Path, url_path: str) -> Path | None:
@@ -41,13 +50,43 @@ def served_file(root: Path, url_path: str) -> Path | None:
     runtime = (rel.startswith(RUNTIME_DIR) and "/" not in rel[len(RUNTIME_DIR):]
                and rel.endswith(RUNTIME_SUFFIXES))
     path = root / rel
-    return path if (rel in PAGE_FILES or runtime) and path.is_file() else None
+    if not (rel in PAGE_FILES or runtime) or not path.is_file():
+        return None
+    return path if path.resolve() == root.resolve() / rel else None   # a link anywhere on the way: not served
+
+
+class DeadlineReader(io.RawIOBase):
+    """A socket's reads, each waiting at most `timeout` s and all of them ending by `deadline`
+    (time.monotonic()): no thread per connection is needed to cut off a trickling client."""
+
+    def __init__(self, sock: socket.socket, timeout: float, deadline: float):
+        self.sock, self.timeout, self.deadline = sock, timeout, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")   # the handler's own timeout path
+        self.sock.settimeout(min(self.timeout, left))
+        return self.sock.recv_into(buffer)
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm",
                       ".mjs": "text/javascript", ".onnx": "application/octet-stream"}
     timeout = TIMEOUT_S  # on the socket: a client that stops sending frees its worker
+    header_deadline = HEADER_DEADLINE_S
+
+    def setup(self):
+        super().setup()
+        self.reader = DeadlineReader(self.connection, self.timeout, time.monotonic() + self.header_deadline)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def parse_request(self):
+        self.reader.deadline = math.inf   # the request is in: the reply may take as long as the client reads
+        return super().parse_request()
 
     def send_head(self):
         path = served_file(Path(self.directory), self.path)
@@ -76,9 +115,13 @@ class BoundedServer(http.server.HTTPServer):
 
     def __init__(self, address, handler, workers: int = MAX_WORKERS):
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="demo")  # first: a failed bind closes the server
+        self.slots = threading.BoundedSemaphore(workers * (1 + QUEUE_PER_WORKER))   # running + waiting
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):   # the queue is full: this connection is closed, not queued
+            self.shutdown_request(request)
+            return
         self.pool.submit(self.handle_in_worker, request, client_address)
 
     def handle_in_worker(self, request, client_address):
@@ -88,6 +131,7 @@ class BoundedServer(http.server.HTTPServer):
             print(f"warning: request from {client_address[0]}: {type(e).__name__}: {e}", file=sys.stderr)
         finally:
             self.shutdown_request(request)
+            self.slots.release()
 
     def server_close(self):
         super().server_close()
@@ -95,8 +139,8 @@ class BoundedServer(http.server.HTTPServer):
 
 
 def make_server(host: str, port: int, root: Path = HERE, timeout: float = TIMEOUT_S,
-                workers: int = MAX_WORKERS) -> BoundedServer:
-    handler = type("DemoHandler", (Handler,), {"timeout": timeout})
+                workers: int = MAX_WORKERS, header_deadline: float = HEADER_DEADLINE_S) -> BoundedServer:
+    handler = type("DemoHandler", (Handler,), {"timeout": timeout, "header_deadline": header_deadline})
     return BoundedServer((host, port), functools.partial(handler, directory=str(root)), workers)
 
 
