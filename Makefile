@@ -23,7 +23,7 @@ RECIPE ?= recipes/mid-final-tv.toml
 # (train.common.keep_freed_memory), so `python -m train.dog_emotion train` runs at the same speed.
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers train-all sizes results demo eda prepare-data evaluate profile temperature export bench mnist lr-sweep vgg test clean
+.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers train-all sizes results demo eda prepare-data evaluate profile temperature export model-card bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -117,8 +117,11 @@ prepare-data: $(STAMP) ## RAW=<Kaggle download> -> deduplicated, split copy in O
 profile: $(STAMP) ## parameters and MACs per layer of WEIGHTS (thop + FlopCounterMode) -> artifacts/profile/
 	$(PY) -m export.profile --weights $(WEIGHTS) $(ARGS)
 
-export: $(STAMP) data ## TorchScript, ONNX, .ort, INT8 ONNX, .pte and .tflite (FP32, INT8; .tflite after make venv-litert) of WEIGHTS, each verified -> artifacts/export/
+export: $(STAMP) data ## TorchScript, ONNX, .ort, INT8 ONNX, .pte and .tflite (FP32, INT8; .tflite after make venv-litert) of WEIGHTS, each verified, with parity and model card, as one set -> artifacts/export/
 	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA) $(ARGS)
+
+model-card: $(STAMP) ## copy artifacts/export/MODEL_CARD.md to the project's MODEL_CARD.md (refused unless that export is of weights/dog_emotion.pkl)
+	$(PY) -m export.model_card
 
 # The shipped weights learnt val, so their temperature is fitted on the val logits of a sibling: the
 # shipped recipe trained on train only (recipes/mid-final.toml, trained here if missing).

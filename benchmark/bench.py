@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
         test = load_folder(check_data_root(args.data) / "test", ckpt["classes"],
                            storage_size(model.config.input_size), ARTIFACTS / "cache")
         print("inference:")
-        rows = inference.bench_inference(model, Path(args.export_dir), test, args.threads, args.quick)
+        rows = inference.bench_inference(model, Path(args.export_dir), ckpt["sha256"], test, args.threads, args.quick)
         print("training input pipeline:")
         pipeline = input_pipeline.bench_input_pipeline(test.paths, model.config.input_size, args.quick)
         print(f"  {pipeline}")
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     shared = contention.contention(start, contention.snapshot())
     machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
-              "flip_average": not args.no_flip_average, "recipe": args.recipe, "contention": shared,
+              "flip_average": not args.no_flip_average, "weights_sha256": ckpt["sha256"], "recipe": args.recipe, "contention": shared,
               "inference": rows, "input_pipeline": pipeline, "mnist": mnist, "training": training}
     out = Path(args.out)
     save_json(result, out / "bench.json")

@@ -9,15 +9,18 @@ and left out with a note when that is not installed). Every file is written
 under a temporary name, checked (loads, agrees with eager PyTorch on the real test split), and
 only then renamed into place. FP32 formats must agree with eager on every image within 1e-4 on
 the logits; INT8 may lose at most 1 accuracy point against FP32. The parity table (Markdown +
-JSON) lands beside the files.
+JSON), the metadata sidecar (with the weights' digest) and the model card land beside the files.
+The set is built in a staging folder beside --out and takes its name by rename: a failed or
+stopped export leaves the previous set as it was, never files of two models side by side.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import tempfile
+import shutil
 import subprocess
+import tempfile
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -36,8 +39,8 @@ from export.calibration import CalibrationError, calibration_report, fit_tempera
 from export import model_card
 from export.executorch_export import export_pte
 from export.litert_export import RANGES as LITERT_RANGES
-from export.runtimes import FORMATS, batched_logits, make_runner
-from train.checkpoint import load_for_export, save_weights
+from export.runtimes import FORMATS, METADATA_SIDECAR, batched_logits, make_runner
+from train.checkpoint import load_for_export, load_weights, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, at_least, command_errors, cpu_description,
                           markdown_table, save_json, save_text, save_torch, temp_path)
 from train.data import (DEFAULT_DATA, DecodedSplit, check_data_root, eval_batches, load_folder, preprocess_spec,
@@ -47,7 +50,7 @@ OPSET = 18
 FP32_ATOL = 1e-4
 INT8_MAX_DROP = 1.0  # accuracy points
 INT8_MIN_AGREEMENT = 95.0  # % of test images with the FP32 label
-METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte files and the web demo
+MODEL_CARD = "MODEL_CARD.md"                 # the exported model's card, written into the set
 CALIBRATED_WEIGHTS = "dog_emotion.pkl"      # the weights with the temperature folded in: for `predict --weights`
 LITERT_PYTHON = REPO_ROOT / ".venv-litert" / "bin" / "python"   # the LiteRT converter's environment (make venv-litert)
 LITERT_MISSING = f"the LiteRT converter is not installed ({LITERT_PYTHON} not found): `make venv-litert` installs it"
@@ -76,7 +79,8 @@ def metadata(model, ckpt: dict) -> dict:
     # the preprocessing this code does now (the weights file's record is from when it was saved)
     return {"classes": ckpt["classes"], "preprocess": preprocess_spec(model.config.input_size),
             "input_name": "input", "output_name": "logits", "output": "logits (apply softmax for probabilities)",
-            "params": ckpt["params"], "config": model.config.to_dict()}
+            "params": ckpt["params"], "config": model.config.to_dict(),
+            "weights_sha256": ckpt["sha256"]}   # which weights every file of the set came from (bench checks it)
 
 
 def set_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -401,8 +405,56 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
 def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
                flip_average: bool = True, temperature: bool = True) -> tuple[list[dict], dict]:
     """Every format of `weights` (calibrated unless temperature=False) written, checked against
-    eager on test and kept by the one rule."""
-    return export_all(prepare_job(weights, data, out, calib_count, seed, flip_average, temperature))
+    eager on test and kept by the one rule, with its reports and model card, as one set: built in
+    a staging folder beside `out` and swapped in by rename. A failed or stopped export leaves the
+    previous set as it was; `out` is refused up front unless it is new, empty or an earlier export."""
+    out = Path(out)
+    check_export_folder(out)
+    staging = temp_path(out, folder=True)
+    try:
+        job = prepare_job(weights, data, staging, calib_count, seed, flip_average, temperature)
+        rows, info = export_all(job)
+        write_reports(job, rows, info, weights)
+        swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return rows, info
+
+
+def check_export_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / METADATA_SIDECAR).is_file():
+        raise ExportError(f"--out {out}: holds files but no {METADATA_SIDECAR}, so it is not an earlier export; "
+                          "an export replaces only its own sets: choose a new or empty folder (nothing was changed)")
+
+
+def swap_in(staging: Path, out: Path) -> None:
+    """The new set takes `out`'s name in one rename; the previous set waits as <out>.previous until it has."""
+    previous = out.with_name(out.name + ".previous")
+    if out.exists():
+        shutil.rmtree(previous, ignore_errors=True)   # a leftover of an export stopped between the two renames
+        out.rename(previous)
+    staging.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_reports(job: ExportJob, rows: list[dict], info: dict, weights: str) -> None:
+    """parity.json, parity.md and the model card of the exported model, into the set."""
+    cols = ["format", "file", "size (kB)", "max abs logit diff", "top-1 agreement (%)", "accuracy (%)",
+            "int8 setting", "same on every x86", "val agreement (%)", "val accuracy (%)", "kept"]
+    save_json({"rows": rows, **info}, job.out / "parity.json")
+    flip = "in the graph" if info["flip_average"] else "OFF (--no-flip-average: not in any exported file)"
+    save_text(f"# Export parity on the test split ({info['test_images']} images)\n\nMirror-image averaging: {flip}. "
+              f"CPU: {info['cpu']}. ONNX opset "
+              f"{OPSET}, dynamo exporter, dynamic batch axis. INT8: onnxruntime static quantization, QDQ, "
+              f"{info['calibration_images']} calibration images from train; kept: {info['int8_kept']} (of the settings "
+              f"that give the same result with and without VNNI, the one whose labels agree with FP32's on the most val "
+              f"images). LiteRT .tflite: {info['tflite']}.\n\n{markdown_table(rows, cols)}", job.out / "parity.md")
+    _, ckpt = load_weights(weights)
+    save_text(model_card.render(job.model, ckpt, rows, info, job.eager, job.test.labels.numpy(), weights),
+              job.out / MODEL_CARD)
 
 
 def export_all(job: ExportJob) -> tuple[list[dict], dict]:
@@ -441,8 +493,6 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ARTIFACTS / "export"), help="output folder (default: %(default)s)")
     ap.add_argument("--calib-count", type=at_least(1), default=1000, help="training images for INT8 calibration (default: %(default)s)")
     ap.add_argument("--seed", type=at_least(0), default=0, help="seed for picking calibration images (default: %(default)s)")
-    ap.add_argument("--model-card", default=str(REPO_ROOT / "MODEL_CARD.md"),
-                    help="where to write the model card ('' for none; default: %(default)s)")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="export the logits as trained, without the temperature fitted on val (default: calibrated)")
     ap.add_argument("--no-flip-average", action="store_true",
@@ -451,30 +501,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     with command_errors():
-        model, ckpt = load_for_export(args.weights, not args.no_flip_average)
+        model, _ = load_for_export(args.weights, not args.no_flip_average)
         print(report(profile(model)))
-        job = prepare_job(args.weights, args.data, out, args.calib_count, args.seed, not args.no_flip_average,
-                          not args.no_calibrate)
-        rows, info = export_all(job)
-    cols = ["format", "file", "size (kB)", "max abs logit diff", "top-1 agreement (%)", "accuracy (%)",
-            "int8 setting", "same on every x86", "val agreement (%)", "val accuracy (%)", "kept"]
-    table = markdown_table(rows, cols)
-    save_json({"rows": rows, **info}, out / "parity.json")
-    flip = "in the graph" if info["flip_average"] else "OFF (--no-flip-average: not in any exported file)"
-    save_text(f"# Export parity on the test split ({info['test_images']} images)\n\nMirror-image averaging: {flip}. "
-              f"CPU: {info['cpu']}. ONNX opset "
-              f"{OPSET}, dynamo exporter, dynamic batch axis. INT8: onnxruntime static quantization, QDQ, "
-              f"{info['calibration_images']} calibration images from train; kept: {info['int8_kept']} (of the settings "
-              f"that give the same result with and without VNNI, the one whose labels agree with FP32's on the most val "
-              f"images). LiteRT .tflite: {info['tflite']}.\n\n{table}", out / "parity.md")
-    print("\n" + table)
+        rows, info = run_export(args.weights, args.data, out, args.calib_count, args.seed, not args.no_flip_average,
+                                not args.no_calibrate)
+    print("\n" + (out / "parity.md").read_text().split("\n\n")[-1])
     print(f"operators left outside XNNPACK in the .pte programs (portable kernels): {info['pte_ops_outside_xnnpack']}")
     written = [f for f in FORMATS.values() if (out / f).is_file()]
-    print(f"wrote {', '.join(written)}, {METADATA_SIDECAR}, parity.md, parity.json to {out}")
-    if args.model_card:
-        save_text(model_card.render(job.model, ckpt, rows, info, job.eager, job.test.labels.numpy(), args.weights),
-                  Path(args.model_card))
-        print(f"wrote {args.model_card}")
+    print(f"wrote {', '.join(written)}, {METADATA_SIDECAR}, parity.md, parity.json, {MODEL_CARD} to {out} "
+          f"(one set; `make model-card` copies the card to the project's {MODEL_CARD} when these are the shipped weights)")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""MODEL_CARD.md, written by `make export` from what it has just measured: the weights' record,
-the parity table, the calibration, the test split's confusion matrix, the run log's seeds of the
+"""An export's MODEL_CARD.md, written by `make export` into its set from what it has just measured:
+the weights' record, the parity table, the calibration, the test split's confusion matrix, the run log's seeds of the
 shipped recipe, `make bench`'s last timings when there are any, and the model's answers on
 pictures that are not dog photos. Nothing in it is typed by hand, so a rerun keeps it true.
-The headings follow the model-card convention of model hubs (Mitchell et al. 2019)."""
+The headings follow the model-card convention of model hubs (Mitchell et al. 2019).
+`make model-card` (python -m export.model_card) copies it to the project's MODEL_CARD.md, only
+when the export is of the shipped weights."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,10 +15,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from export.runtimes import FORMATS
+from export.runtimes import FORMATS, METADATA_SIDECAR
 from mobile_model import CONFIGS, count_macs
-from train.common import ARTIFACTS, RUN_LOG, SHIPPED_RECIPE, markdown_table, percent
-from train.data import preprocess, preprocess_spec
+from train.common import (ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_RECIPE, SHIPPED_WEIGHTS, command_errors, markdown_table,
+                          percent, save_text)
+from train.data import DataError, preprocess, preprocess_spec
 from train.scoring import wilson_interval
 from train.recipes import read_recipe
 from train.runlog import mean_sd, read_log
@@ -70,14 +74,17 @@ def seed_rows() -> list[dict]:
     return [r for r in read_log(RUN_LOG) if r["recipe"] == recipe and not r["options"] and r["test"] is not None]
 
 
-def speed_rows(bench_json: Path) -> tuple[list[dict], str]:
+def speed_rows(bench_json: Path, weights_sha256: str) -> tuple[list[dict], str]:
+    """`make bench`'s timings, only when they are of these weights (bench.json records their digest)."""
     if not bench_json.is_file():
         return [], "not measured yet: run `make bench` and then `make export` again"
     bench = json.loads(bench_json.read_text())
+    if bench.get("weights_sha256") != weights_sha256:
+        return [], f"not measured for these weights (the last `make bench` timed other weights): run `make bench WEIGHTS=...` and export again"
     rows = [{"format": r["format"], "threads": r["threads"], "batch 1 p50 (ms)": f"{r['p50_ms']:.2f}",
              "batch 32 (img/s)": f"{r['batch32_img_per_s']:.0f}"}
             for r in bench["inference"]]
-    shared = bench.get("contention") or {}   # absent from runs before 2026-12-03 16:30 UTC
+    shared = bench.get("contention") or {}
     noisy = "; NOISY: other work held the CPUs (bench.md), re-run `make bench` on a quiet machine" if shared.get("noisy") else ""
     return rows, f"`make bench` on {bench['date']}, {bench['machine']}{' (QUICK)' if bench['quick'] else ''}{noisy}"
 
@@ -90,91 +97,123 @@ def fitted_on(cal: dict) -> str:
     return "with these weights' own logits"
 
 
-def render(model, ckpt: dict, rows: list[dict], info: dict, test_logits: np.ndarray, test_labels: np.ndarray,
-           weights: str, bench_json: Path = ARTIFACTS / "bench" / "bench.json") -> str:
-    classes = ckpt["classes"]
-    pred = test_logits.argmax(1)
-    n, correct = len(test_labels), int((pred == test_labels).sum())
-    lo, hi = wilson_interval(correct, n)
-    cm = np.zeros((len(classes), len(classes)), dtype=int)
-    np.add.at(cm, (test_labels, pred), 1)
-    confusion = [{"true \\ predicted": c, **{p: int(v) for p, v in zip(classes, cm[i])},
-                  "accuracy": percent(100 * cm[i, i] / cm[i].sum() if cm[i].sum() else None)} for i, c in enumerate(classes)]
-    seeds = seed_rows()
-    tests = [r["test"] for r in seeds]
-    mean, sd = mean_sd(tests) if tests else (float("nan"), float("nan"))
-    cal = info.get("calibration") or {}
-    kept = [r for r in rows if r["format"] != "eager" and r.get("kept", "yes") == "yes"]
-    formats = [{"format": r["format"], "file": r["file"], "size (kB)": r["size (kB)"],
-                "max abs logit diff vs PyTorch": f"{r['max abs logit diff']:.1e}",
-                "test accuracy (%)": r["accuracy (%)"]} for r in kept]
-    speed, speed_source = speed_rows(bench_json)
-    name = config_name(model.config)
+def shown_path(weights: str) -> str:
+    """The weights' path as the card prints it: relative to the project, or the file name alone
+    (a card travels; this machine's folders mean nothing to its reader)."""
+    path = Path(weights).resolve()
+    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else path.name
+
+
+def is_shipped(ckpt: dict) -> bool:
+    """Whether these are the shipped weights: only then may the card speak of the shipped recipe,
+    its seeds and the dog-emotion data."""
+    return SHIPPED_WEIGHTS.is_file() and ckpt.get("sha256") == torch.load(SHIPPED_WEIGHTS, weights_only=True).get("sha256")
+
+
+def details(model, ckpt: dict, cal: dict, shipped: bool) -> str:
     spec = preprocess_spec(model.config.input_size)
-    recipe = {k: v for k, (v, _) in read_recipe(SHIPPED_RECIPE).items()}
-    spread = f"{max(tests) - min(tests):.2f}" if len(tests) > 1 else "n/a"
-    card = f"""# Model card: dog-emotion classifier `{name}`
+    if shipped:
+        recipe = {k: v for k, (v, _) in read_recipe(SHIPPED_RECIPE).items()}
+        training = (f"the shipped recipe, `{SHIPPED_RECIPE.name}`: {recipe.get('epochs')} epochs, distilled from "
+                    f"{', '.join(f'`{t}`' for t in recipe.get('teacher', [])) or 'no teacher'}")
+    else:
+        training = "not the shipped weights: the weights file's own run (its run folder's args.toml has the options)"
+    temperature = (f"calibrated by a temperature of {cal['temperature']:.3f} folded into the classifier" if cal
+                   else "as trained (not calibrated)")
+    return f"""## Model details
 
-Generated by `make export` from `{weights}` and the measurements of that run; do not edit by hand.
-
-## Model details
-
-- A depthwise-separable CNN (`mobile_model.MobileCNN`, config `{name}`) trained from scratch
+- A depthwise-separable CNN (`mobile_model.MobileCNN`, config `{config_name(model.config)}`) trained from scratch
   in PyTorch; no pretrained weights anywhere. **{sum(p.numel() for p in model.parameters()):,} parameters**
   as it ships (BatchNorm folded), {count_macs(model) / 1e6:.2f} M multiply-accumulates per photo
   (flip averaging: the network averages each photo with its mirror image).
 - Input: one RGB photo, made upright from its EXIF orientation, shorter side resized to
   {spec['resize_shorter_side']} px, centre-cropped to {model.config.input_size} px, scaled to [0, 1] and normalised with
-  mean {spec['mean']} and std {spec['std']} (`dog_emotion.meta.json` has the record).
-- Output: logits for {', '.join(classes)}; softmax gives probabilities
-  {'calibrated by a temperature of ' + format(cal['temperature'], '.3f') + ' folded into the classifier' if cal else 'as trained (not calibrated)'}.
-- Training (the shipped recipe, `{SHIPPED_RECIPE.name}`): {recipe.get('epochs')} epochs, distilled from
-  {', '.join(f'`{t}`' for t in recipe.get('teacher', [])) or 'no teacher'}; code MIT-licensed (LICENSE).
+  mean {spec['mean']} and std {spec['std']} (`{METADATA_SIDECAR}` has the record).
+- Output: logits for {', '.join(ckpt['classes'])}; softmax gives probabilities {temperature}.
+- Training: {training}; code MIT-licensed (LICENSE).
+"""
 
-## Intended use
 
-Telling which of four emotions a single dog shows in a photo, on a phone or in a browser, for
-hobby apps, teaching and experiments with tiny models. The probabilities are meant to be read as
-confidence (see Calibration).
+def scope(model, classes: list[str]) -> str:
+    k = len(classes)
+    return f"""## Intended use
+
+Telling which of {k} classes ({', '.join(classes)}) a single photo shows, on a phone or in a
+browser, for hobby apps, teaching and experiments with tiny models. The probabilities are meant
+to be read as confidence (see Calibration).
 
 ## Out-of-scope use
 
 Anything with consequences for an animal or a person: veterinary or behavioural diagnosis,
-judging whether a dog is dangerous. Photos without exactly one dog: the model has no "none of
-these" answer and gives one of the four labels to anything. What it said about pictures that are
-not dog photos (this run, calibrated model):
+judging whether a dog is dangerous. Photos outside the classes: the model has no "none of these"
+answer and gives one of the {k} labels to anything. What it said about pictures that are not of
+its subject (this run, calibrated model):
 
-{markdown_table(out_of_scope_rows(model, classes))}
-## Training data
+{markdown_table(out_of_scope_rows(model, classes))}"""
+
+
+def training_data(shipped: bool) -> str:
+    if not shipped:
+        return ("## Training data\n\nThe data these weights were trained on; this card can say nothing of it "
+                "(the shipped model's card describes the Dog Emotion set).\n\n")
+    recipe = {k: v for k, (v, _) in read_recipe(SHIPPED_RECIPE).items()}
+    picked = ("The shipped weights were trained on train + val (the recipe was fixed in advance, so no epoch or recipe "
+              "was picked on val)" if recipe.get("train_on") == "train+val" else "Val picked the training recipe")
+    return f"""## Training data
 
 The public Kaggle "Dog Emotion" set ([{DATA_URL}]({DATA_URL}), under the terms its page states):
 byte-identical files removed, near-duplicates (difference hash within 20 of 256 bits) reduced to
 one image so that no picture appears in two splits, re-encoded as RGB JPEG with the shorter side
 at 128 px; split per class by SHA-1: test 100, val 100, the rest train (`make prepare-data`).
-{'The shipped weights were trained on train + val (the recipe was fixed in advance, so no epoch or recipe was picked on val)' if recipe.get('train_on') == 'train+val' else 'Val picked the training recipe'};
-test was read once per final candidate.
+{picked}; test was read once per final candidate.
 
-## Evaluation
+"""
 
-- Test accuracy of this file: **{100 * correct / n:.2f}%** on {n} photos (95% Wilson interval {lo:.1f}-{hi:.1f}%).
-- The recipe's seeds (run log, `docs/runs.jsonl`): test {', '.join(f"{t:.2f}" for t in tests) or 'none logged'}%
-  (mean {mean:.2f}, sd {sd:.2f}). One seed's number is a draw: expect the mean on new photos.
+
+def evaluation(cm: np.ndarray, classes: list[str], tests: list[float]) -> str:
+    n, correct = int(cm.sum()), int(cm.trace())
+    lo, hi = wilson_interval(correct, n)
+    confusion = [{"true \\ predicted": c, **{p: int(v) for p, v in zip(classes, cm[i])},
+                  "accuracy": percent(100 * cm[i, i] / cm[i].sum() if cm[i].sum() else None)} for i, c in enumerate(classes)]
+    seeds = ""
+    if tests:
+        mean, sd = mean_sd(tests)
+        seeds = (f"\n- The recipe's seeds (run log, `docs/runs.jsonl`): test {', '.join(f'{t:.2f}' for t in tests)}%\n"
+                 f"  (mean {mean:.2f}, sd {sd:.2f}). One seed's number is a draw: expect the mean on new photos.")
+    return f"""## Evaluation
+
+- Test accuracy of this file: **{100 * correct / n:.2f}%** on {n} photos (95% Wilson interval {lo:.1f}-{hi:.1f}%).{seeds}
 
 Per class and confusion matrix on test (rows: true class):
 
-{markdown_table(confusion)}
-## Calibration
+{markdown_table(confusion)}"""
 
-""" + (f"""Temperature T = {cal['temperature']:.3f}, the negative log-likelihood minimum on val {fitted_on(cal)},
+
+def calibration(cal: dict, trained_on_val: bool) -> str:
+    if not cal:
+        return "## Calibration\n\nNot calibrated in this export (`--no-calibrate`, or the export's NOTE says why).\n"
+    before, after = cal["before"], cal["after"]
+    caveat = ("These weights were trained on val as well, so T was fitted on photos the model had learnt from, "
+              "where it is more accurate than on new ones: read the test numbers above before trusting it; "
+              "`make export ARGS=--no-calibrate` exports the logits as trained.\n"
+              if trained_on_val and not cal.get("fitted_with") else "")
+    return f"""## Calibration
+
+Temperature T = {cal['temperature']:.3f}, the negative log-likelihood minimum on val {fitted_on(cal)},
 folded into the last linear layer (weight and bias divided by T; no parameter added). On test:
-NLL {cal['before']['nll']:.3f} -> {cal['after']['nll']:.3f}, expected calibration error ({len(cal['before']['bins'])} non-empty of 15 bins)
-{100 * cal['before']['ece']:.1f}% -> {100 * cal['after']['ece']:.1f}%, mean confidence {100 * cal['before']['mean_confidence']:.1f}% ->
-{100 * cal['after']['mean_confidence']:.1f}% against an accuracy of {100 * cal['after']['accuracy']:.1f}%. Reliability diagram:
-`artifacts/export/reliability.png` ([docs/reliability.png](docs/reliability.png)).
-""" + ("""These weights were trained on val as well (the shipped recipe trains on train + val), so T was
-fitted on photos the model had learnt from, where it is more accurate than on new ones: read the
-test numbers above before trusting it; `make export ARGS=--no-calibrate` exports the logits as trained.
-""" if recipe.get('train_on') == 'train+val' and not cal.get('fitted_with') else "") if cal else "Not calibrated in this export (`--no-calibrate`).\n") + f"""
+NLL {before['nll']:.3f} -> {after['nll']:.3f}, expected calibration error ({len(before['bins'])} non-empty of 15 bins)
+{100 * before['ece']:.1f}% -> {100 * after['ece']:.1f}%, mean confidence {100 * before['mean_confidence']:.1f}% ->
+{100 * after['mean_confidence']:.1f}% against an accuracy of {100 * after['accuracy']:.1f}%. Reliability diagram:
+`reliability.png` in the export folder ([docs/reliability.png](docs/reliability.png) for the shipped model).
+{caveat}"""
+
+
+def formats_section(rows: list[dict], info: dict, speed: list[dict], speed_source: str) -> str:
+    kept = [r for r in rows if r["format"] != "eager" and r.get("kept", "yes") == "yes"]
+    formats = [{"format": r["format"], "file": r["file"], "size (kB)": r["size (kB)"],
+                "max abs logit diff vs PyTorch": f"{r['max abs logit diff']:.1e}",
+                "test accuracy (%)": r["accuracy (%)"]} for r in kept]
+    return f"""
 ## Formats
 
 Every file was checked against eager PyTorch on the test split before it was kept (FP32: every
@@ -188,19 +227,67 @@ Which file goes where: `.tflite` for LiteRT on Android (directly or through Medi
 the INT8 file takes and gives int8 with the scale and zero point stored in it), `.onnx` / `.ort`
 for onnxruntime (Android, iOS, desktop, the browser demo), `.pte` for ExecuTorch (XNNPACK),
 `.int8.*` where size matters most, `.pt` for TorchScript apps; `{FORMATS['onnx_fp32']}` and
-`dog_emotion.meta.json` for the web (docs/deployment.md). LiteRT in this export: {info['tflite']}.
+`{METADATA_SIDECAR}` for the web (docs/deployment.md). LiteRT in this export: {info['tflite']}.
+"""
 
+
+def render(model, ckpt: dict, rows: list[dict], info: dict, test_logits: np.ndarray, test_labels: np.ndarray,
+           weights: str, bench_json: Path = ARTIFACTS / "bench" / "bench.json") -> str:
+    """The card of the exported model: every number from this export, the bench of these weights
+    and, for the shipped weights only, the shipped recipe's seeds and data."""
+    classes = ckpt["classes"]
+    cm = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(cm, (test_labels, test_logits.argmax(1)), 1)
+    shipped = is_shipped(ckpt)
+    tests = [r["test"] for r in seed_rows()] if shipped else []
+    lo, hi = wilson_interval(int(cm.trace()), int(cm.sum()))
+    spread = f"; the recipe's seeds have spread over {max(tests) - min(tests):.2f} points on test" if len(tests) > 1 else ""
+    speed, speed_source = speed_rows(bench_json, ckpt.get("sha256"))
+    return f"""# Model card: {'dog-emotion' if shipped else 'image'} classifier `{config_name(model.config)}`
+
+Generated by `make export` from `{shown_path(weights)}` and the measurements of that run; do not edit by hand.
+
+{details(model, ckpt, info.get("calibration") or {}, shipped)}
+{scope(model, classes)}{training_data(shipped)}{evaluation(cm, classes, tests)}{calibration(info.get("calibration") or {}, ckpt["metrics"].get("train_on") == "train+val" or shipped)}{formats_section(rows, info, speed, speed_source)}
 ## Limitations and known failure modes
 
-- Four labels for any input, including no dog, several dogs, cartoons (the table above).
+- {len(classes)} labels for any input, including none of the classes, several subjects, cartoons (the table above).
 - {confusions(cm, classes)}
-- {n} test photos: the 95% interval above is {hi - lo:.1f} points wide; the recipe's seeds have
-  spread over {spread} points on test.
+- {int(cm.sum())} test photos: the 95% interval above is {hi - lo:.1f} points wide{spread}.
 
 ## How to reproduce
 
 `make evaluate` (test accuracy and interval), `make profile` (parameters and MACs), `make export`
-(every format, parity, calibration and this card), `make bench` (speed), `make train` (the model
-from scratch; results differ by seed, as the Evaluation section says).
+(every format, parity, calibration and this card, in the export folder), `make bench` (speed),
+`make train` (the model from scratch; results differ by seed, as the Evaluation section says).
 """
-    return card
+
+
+def publish(export_dir: Path, dest: Path = REPO_ROOT / "MODEL_CARD.md") -> Path:
+    """Copy an export's card to the project's MODEL_CARD.md, only when the export is of the shipped
+    weights: the tracked card describes the model that ships, nothing else."""
+    meta_path, card_path = export_dir / METADATA_SIDECAR, export_dir / dest.name
+    try:
+        exported_from = json.loads(meta_path.read_text()).get("weights_sha256")
+        card = card_path.read_text()
+    except (OSError, ValueError) as e:
+        raise DataError(f"{export_dir}: not a complete export ({e}); run `make export` first") from None
+    shipped = torch.load(SHIPPED_WEIGHTS, weights_only=True)["sha256"]
+    if exported_from != shipped:
+        raise DataError(f"{export_dir}: exported from other weights (sha256 {str(exported_from)[:12]}), not the shipped "
+                        f"{SHIPPED_WEIGHTS.name} ({shipped[:12]}): {dest} stays as it is")
+    if "not measured" in card:
+        print(f"NOTE: the card has no speed table: `make bench`, then `make export` and `make model-card` again")
+    return save_text(card, dest)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Copy the export's MODEL_CARD.md to the project's, if it is of the shipped weights.")
+    ap.add_argument("--export-dir", default=str(ARTIFACTS / "export"), help="folder of `make export` (default: %(default)s)")
+    args = ap.parse_args(argv)
+    with command_errors():
+        print(f"wrote {publish(Path(args.export_dir))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from train.data import DataError, eval_batches
 FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "ort_fp32": "dog_emotion.ort",
            "onnx_int8": "dog_emotion.int8.onnx", "pte_fp32": "dog_emotion.pte", "pte_int8": "dog_emotion.int8.pte",
            "tflite_fp32": "dog_emotion.tflite", "tflite_int8": "dog_emotion.int8.tflite"}
+METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte files, the web demo and bench
 BATCH = 32  # the largest batch every format takes (the .pte programs are exported for 1..32)
 
 

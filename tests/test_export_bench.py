@@ -1,11 +1,13 @@
 import ast
 import copy
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,7 +17,7 @@ import torch
 from benchmark import bench, inference, training_layouts
 from export import export as exporter
 from export.profile import profile
-from export.runtimes import FORMATS, make_runner
+from export.runtimes import FORMATS, METADATA_SIDECAR, make_runner
 from mobile_model import build_model, count_parameters
 from export.calibration import fold_temperature
 from train.checkpoint import load_for_export, load_weights, state_digest
@@ -119,9 +121,14 @@ def test_export_bad_input(tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
-def test_bench_refuses_missing_formats(tmp_path):
+def test_bench_refuses_missing_formats_and_an_export_of_other_weights(tmp_path, capsys):
     with pytest.raises(SystemExit, match="run `make export` first"):
-        bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--quick"])
+        bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--quick", "--train-epochs", "0"])
+    (tmp_path / METADATA_SIDECAR).write_text('{"weights_sha256": "0123456789abcdef"}')
+    with pytest.raises(SystemExit):
+        bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--quick", "--train-epochs", "0"])
+    assert "exported from other weights (sha256 0123456789ab" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_bench_refuses_a_missing_recipe_before_timing_anything(tmp_path):
@@ -159,7 +166,8 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     assert set(saved["contention"]) == {"steal_pct", "other_processes_pct", "noisy"} and "CPU contention" in md
     # the model card's speed table reads the same run: every row's two numbers
     from export import model_card
-    card_rows, source = model_card.speed_rows(tmp_path / "b" / "bench.json")
+    card_rows, source = model_card.speed_rows(tmp_path / "b" / "bench.json", saved["weights_sha256"])
+    assert model_card.speed_rows(tmp_path / "b" / "bench.json", "other weights")[0] == [], "another model's timings"
     assert [r["format"] for r in card_rows] == list(rows) and "(QUICK)" in source
     assert all(float(r["batch 1 p50 (ms)"]) > 0 and float(r["batch 32 (img/s)"]) > 0 for r in card_rows)
 
@@ -194,17 +202,37 @@ def test_contention_counts_other_processes_and_steal_but_not_the_benchmarks_own_
     assert own["other_processes_pct"] < measured["other_processes_pct"], (own, measured)
 
 
+def checksums(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
 @pytest.mark.slow
-def test_failed_export_leaves_no_temp_files(real_data, tmp_path, monkeypatch):
+def test_a_failed_export_leaves_the_previous_set_as_it_was(real_data, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("lowering crashed")
 
+    earlier = tmp_path / "out"   # an earlier export's set (its record marks it as one)
+    earlier.mkdir()
+    (earlier / exporter.METADATA_SIDECAR).write_text('{"weights_sha256": "earlier"}')
+    (earlier / "dog_emotion.int8.pte").write_bytes(b"the earlier model")
+    before = checksums(earlier)
     monkeypatch.setattr(exporter, "export_pte", broken)
     with pytest.raises(RuntimeError, match="lowering crashed"):
-        exporter.run_export(str(SHIPPED_WEIGHTS), str(real_data), tmp_path / "out", 8, 0)
-    left = sorted(p.name for p in (tmp_path / "out").iterdir())
-    # verified files only, and the calibration's (written before any format)
-    assert left == ["dog_emotion.onnx", "dog_emotion.ort", "dog_emotion.pkl", "dog_emotion.pt", "reliability.png"], left
+        exporter.run_export(str(SHIPPED_WEIGHTS), str(real_data), earlier, 8, 0)
+    assert checksums(earlier) == before, "no file of the new model beside the earlier set's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "the staging folder is removed"
+
+
+def test_an_export_refuses_a_folder_that_is_not_an_export(nano_weights, split_root, tmp_path):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "keep.jpg").write_bytes(b"a user's file")
+    with pytest.raises(exporter.ExportError, match="not an earlier export"):
+        exporter.run_export(str(nano_weights), str(split_root), mine, 16, 0)
+    assert checksums(mine) == {"keep.jpg": hashlib.sha256(b"a user's file").hexdigest()}
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(exporter.ExportError, match="is a file"):
+        exporter.run_export(str(nano_weights), str(split_root), tmp_path / "file", 16, 0)
 
 
 @pytest.fixture
@@ -223,7 +251,18 @@ def nano_weights(tmp_path):
 @pytest.mark.slow
 def test_pte_and_tflite_of_a_small_generated_model_and_a_failed_check(nano_weights, split_root, tmp_path, monkeypatch):
     monkeypatch.setattr(exporter, "INT8_MIN_AGREEMENT", 101.0)   # no INT8 program can pass this check
+    (tmp_path / "out").mkdir()   # an earlier export of another model, with the INT8 files this one refuses
+    (tmp_path / "out" / exporter.METADATA_SIDECAR).write_text('{"weights_sha256": "earlier"}')
+    for name in ("dog_emotion.int8.pte", "dog_emotion.int8.tflite", "stale.txt"):
+        (tmp_path / "out" / name).write_bytes(b"the earlier model")
     rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False)
+    assert not (tmp_path / "out" / "stale.txt").exists(), "the new set replaces the earlier one whole"
+    meta = json.loads((tmp_path / "out" / exporter.METADATA_SIDECAR).read_text())
+    assert meta["weights_sha256"] == load_weights(nano_weights)[1]["sha256"]
+    card = (tmp_path / "out" / exporter.MODEL_CARD).read_text()   # the card of this model, not the shipped one's
+    assert "Kaggle" not in card and "docs/runs.jsonl" not in card and str(tmp_path) not in card
+    assert "`nano.pkl`" in card and "4 classes (angry, happy, relaxed, sad)" in card
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
     by_fmt = {r["format"]: r for r in rows}
     fp32, int8 = ["pte_fp32"], ["pte_int8"]
     if litert_installed():
@@ -266,7 +305,7 @@ def test_a_tflite_file_that_differs_from_eager_is_refused_and_not_written(nano_w
     monkeypatch.setattr(exporter, "EXPORTERS", [e for e in exporter.EXPORTERS if e[0].startswith("tflite")])
     with pytest.raises(exporter.ExportError, match="tflite_fp32: differs from eager .max diff 1.00e-02"):
         exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []   # nothing written, no temp file left
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*")), "nothing written, no staging left"
 
 
 @pytest.mark.slow
@@ -353,19 +392,25 @@ def test_a_siblings_temperature_is_recorded_and_folded_at_export(real_data, tmp_
     weights = tmp_path / "shipped.pkl"
     weights.write_bytes(SHIPPED_WEIGHTS.read_bytes())
     model, ckpt = load_weights(weights)
-    # the sibling: the same network with its logits scaled by 0.8, so the NLL fit on its val logits
-    # is 0.8 x the fit on the weights' own, which the record must show
-    sibling = fold_temperature(model, 1 / 0.8)
+    # the sibling: another set of weights of the same network (every tensor moved by 5% noise, far
+    # from a near copy); the record must hold the fit on its val logits, not on the weights' own
+    sibling = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in sibling.parameters():
+            p.mul_(1 + 0.05 * torch.randn(p.shape, generator=g))
     sibling_path = save_weights(sibling, ckpt["classes"], tmp_path / "sibling.pkl")
     calibration.main(["--weights", str(weights), "--sibling", str(sibling_path), "--data", str(real_data)])
     model, recorded_ckpt = load_weights(weights)
     assert recorded_ckpt["sha256"] == ckpt["sha256"] and recorded_ckpt["metrics"] == ckpt["metrics"]
     size = model.config.input_size
     val, test = (load_folder(real_data / s, ckpt["classes"], storage_size(size), ARTIFACTS / "cache") for s in ("val", "test"))
-    own = calibration.fit_temperature(torch.from_numpy(batched_logits(make_runner("eager", model=model), val.images, size)),
-                                      val.labels)
+    fit = {name: calibration.fit_temperature(torch.from_numpy(batched_logits(make_runner("eager", model=m), val.images,
+                                                                              size)), val.labels)
+           for name, m in (("own", model), ("sibling", sibling))}
     recorded = recorded_ckpt["calibration"]
-    assert abs(recorded["temperature"] - 0.8 * own) < 1e-4 * own
+    assert abs(recorded["temperature"] - fit["sibling"]) < 1e-4 * fit["sibling"]
+    assert abs(fit["sibling"] - fit["own"]) > 1e-3, "the two fits must differ for the check to mean anything"
     assert recorded["fitted_with"] == str(sibling_path) and recorded["val_images"] == len(val) == 400
     calibrated, info = exporter.calibrate(model, recorded_ckpt, val, test, str(weights))   # what make export folds
     assert info["temperature"] == recorded["temperature"] and info["fitted_with"] == str(sibling_path)
@@ -446,3 +491,21 @@ def test_weights_that_trained_on_val_are_not_calibrated_on_it(nano_weights, spli
     job = exporter.prepare_job(str(train_only), str(split_root), tmp_path / "out2", 8, 0, True)
     assert job.calibration == {} and "NOTE: not calibrated: " in capsys.readouterr().out
     assert not (tmp_path / "out2" / "dog_emotion.pkl").exists()
+
+
+def test_only_an_export_of_the_shipped_weights_becomes_the_projects_model_card(tmp_path, capsys):
+    from export import model_card
+    shipped = torch.load(SHIPPED_WEIGHTS, weights_only=True)["sha256"]
+    export_dir, dest = tmp_path / "export", tmp_path / "MODEL_CARD.md"
+    export_dir.mkdir()
+    (export_dir / "MODEL_CARD.md").write_text("# a card\nSpeed (not measured yet: run `make bench`)\n")
+    (export_dir / METADATA_SIDECAR).write_text(json.dumps({"weights_sha256": "f" * 64}))
+    with pytest.raises(DataError, match="exported from other weights .sha256 ffffffffffff"):
+        model_card.publish(export_dir, dest)
+    assert not dest.exists()
+    (export_dir / METADATA_SIDECAR).write_text(json.dumps({"weights_sha256": shipped}))
+    assert model_card.publish(export_dir, dest).read_text() == (export_dir / "MODEL_CARD.md").read_text()
+    assert "no speed table" in capsys.readouterr().out
+    (export_dir / "MODEL_CARD.md").unlink()
+    with pytest.raises(DataError, match="not a complete export"):
+        model_card.publish(export_dir, dest)

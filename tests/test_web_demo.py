@@ -39,7 +39,10 @@ def page(exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     for name in ("index.html", "app.js", "style.css"):
         shutil.copy(WEB / name, root / name)
-    (root / "node_modules").symlink_to(WEB / "node_modules")
+    runtime = root / "node_modules" / "onnxruntime-web" / "dist"   # copied: the server never follows a link
+    runtime.mkdir(parents=True)
+    for name in ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"):
+        shutil.copy(WEB / "node_modules" / "onnxruntime-web" / "dist" / name, runtime / name)
     (root / "models").mkdir()
     for name in ("dog_emotion.onnx", "dog_emotion.int8.onnx", "dog_emotion.meta.json"):
         shutil.copy(out / name, root / "models" / name)
