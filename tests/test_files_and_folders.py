@@ -51,7 +51,9 @@ def test_force_leaves_only_the_new_runs_files(split_root, tmp_path):
 
 def test_concurrent_run_log_adds_keep_every_row(tmp_path):
     log = tmp_path / "runs.jsonl"
-    threads = [threading.Thread(target=runlog.append_log, args=({"run": f"r{i}", "x": i}, log)) for i in range(8)]
+    row = dict.fromkeys(runlog.LOG_KEYS)
+    threads = [threading.Thread(target=runlog.append_log, args=({**row, "run": f"r{i}", "folder": f"/runs/r{i}"}, log))
+               for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -321,7 +321,8 @@ def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path)
     text = page.read_text()
     mean = sum(finals) / 2
     sd = abs(finals[0] - finals[1]) / 2 ** 0.5
-    size_rows = [line for line in text.splitlines() if line.startswith("| `")]
+    block = text.split("<!-- generated: size-table -->")[1].split("<!-- end: size-table -->")[0]
+    size_rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| recipe |")]
     assert len(size_rows) == 1 and f"{mean:.2f} +- {sd:.2f}" in size_rows[0] and "| 0, 1 |" in size_rows[0]
     assert "old" not in text and "text kept" in text and figure.stat().st_size > 0
     page.write_text("no markers")
