@@ -90,3 +90,19 @@ def test_predict_prints_a_file_name_that_is_not_utf8(split_root, tmp_path):
                        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
     out = p.stdout.decode()
     assert p.returncode == 0 and "\\udcff.jpg" in out and "z.jpg" in out   # and the files after it still run
+
+
+def test_the_run_log_describes_a_run_by_the_recipe_it_ran_not_the_file_as_it_is_now(split_root, tmp_path):
+    from train import results
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "nano"\ninput_size = 32\nbatch_size = 8\nwarmup_epochs = 1\nepochs = 1\n')
+    dog_emotion.main(["train", "--data", str(split_root), "--config", str(recipe), "--branches", "1", "--threads", "1",
+                      "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")])
+    recipe.write_text('model = "nano"\ninput_size = 32\nbatch_size = 8\nwarmup_epochs = 1\nepochs = 1\nbranches = 1\n')
+    log = tmp_path / "runs.jsonl"
+    results.main(["--log", str(log), "add", str(tmp_path / "run")])
+    row = json.loads(log.read_text())
+    assert row["options"] == "--branches 1", "the edit came after the run: its --branches 1 was still an option"
+    recipe.unlink()
+    results.main(["--log", str(log), "add", str(tmp_path / "run")])   # the file gone: the run still logs
+    assert json.loads(log.read_text()) == row and row["recipe"].endswith("r.toml")

@@ -29,7 +29,7 @@ from train.data import DataError, augment_batch, iterate_batches, load_splits, m
 from train.distributed import Processes, barrier, gather, setup, sum_over_ranks
 from train.plots import plot_confusion, plot_curves
 from train.scoring import evaluate
-from train.recipes import recipe_text, result_options
+from train.recipes import recipe_record, recipe_text, result_options
 
 # ---------------------------------------------------------------- the parts of a step
 
@@ -320,7 +320,8 @@ class TrainingStopped(DataError):
 
 # Every file a run writes in its --out (and the only ones --force removes)
 RUN_FILES = ("last.ckpt", "best.pkl", "final.pkl", "dog_emotion.pkl", "metrics.json", "summary.md", "curves.png",
-             "confusion_test.png", "args.toml", "skipped.txt")
+             "confusion_test.png", "args.toml", "recipe.json", "skipped.txt")
+RECIPE_RECORD = "recipe.json"   # the recipe as the run started (train.recipes.recipe_record): what the run log diffs against
 
 
 def check_out(out: Path, args, main: bool = True) -> None:
@@ -394,6 +395,8 @@ def train_job(args) -> dict:
                                               f"lr {args.lr:g} as given (not scaled with the batch)" if procs.world > 1 else ""))
     if procs.main:
         save_text(recipe_text(vars(args)), out / "args.toml")  # the resolved options, loadable with --config
+        if not (out / RECIPE_RECORD).exists():   # a resumed run keeps the recipe it started with
+            save_json(recipe_record(args.config), out / RECIPE_RECORD)
     for epoch in range(run.epoch + 1, args.epochs + 1):
         t0 = time.time()
         try:

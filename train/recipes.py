@@ -173,12 +173,25 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return t
 
 
-def recipe_overrides(run_args: dict) -> str:
+def recipe_record(config: str) -> dict:
+    """What a run's recipe said when the run started: the file it is judged with (a seed file's
+    base) and its values. Kept in the run folder (recipe.json), so the run log describes the run
+    as it was, whatever later happens to the recipe file."""
+    if not config:
+        return {"recipe": "", "values": {}}
+    parser = add_train_options(argparse.ArgumentParser(exit_on_error=False))
+    return {"recipe": str(drawn_recipe(Path(config)).resolve()), "values": recipe_defaults(config, parser)}
+
+
+def recipe_overrides(run_args: dict, recorded: dict | None = None) -> str:
     """What a run changed on the command line against its recipe (seed aside), as the command line
-    spells it: e.g. '--branches 1 --teacher-no-flip'."""
+    spells it: e.g. '--branches 1 --teacher-no-flip'. `recorded`: the recipe as the run saw it
+    (recipe_record); without it (runs from before the record) the recipe file as it is now."""
     parser = add_train_options(argparse.ArgumentParser(exit_on_error=False))
     base = vars(parser.parse_args([]))
-    if run_args.get("config"):
+    if recorded is not None:
+        base.update(recorded["values"])
+    elif run_args.get("config"):
         base.update(recipe_defaults(run_args["config"], parser))
     diffs = {k: v for k, v in result_options(run_args).items()
              if k not in ("seed", "data") and k in base and base[k] != v}   # data: where, not what

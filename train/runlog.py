@@ -57,6 +57,20 @@ def read_metrics(run_dir: Path) -> dict:
     return run
 
 
+def read_recipe_record(run_dir: Path) -> dict | None:
+    """The recipe as the run started (recipe.json, written by train), or None for older runs."""
+    path = run_dir / "recipe.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("recipe"), str) or not isinstance(record.get("values"), dict):
+        raise DataError(f"{path}: not a recipe record (needs 'recipe', a path, and 'values', a table)")
+    return record
+
+
 def run_summary(name: str, run: dict, until: int = 0) -> dict:
     """Final and best val of one run, counting epochs up to `until` (0: all)."""
     h = [r for r in run["history"] if not until or r["epoch"] <= until]
@@ -124,9 +138,14 @@ def log_row(run_dir: str | Path, note: str = "") -> dict:
         raise DataError(f"{run_dir / 'metrics.json'}: lacks {', '.join(missing) or 'history'} (not a finished run of this trainer)")
     a = m["args"]
     model, _ = load_weights(run_dir / "dog_emotion.pkl")
-    recipe = drawn_recipe(Path(a["config"])).resolve() if a.get("config") else None   # a seed file: its base
+    recorded = read_recipe_record(run_dir)
+    if recorded is None and a.get("config") and not Path(a["config"]).is_file():
+        raise DataError(f"{run_dir}: its recipe {a['config']} is gone and the run (from before runs kept recipe.json) "
+                        "has no record of it: restore the file to log the run")
+    recipe = Path(recorded["recipe"] if recorded else drawn_recipe(Path(a["config"])) if a.get("config") else "")
+    recipe = recipe.resolve() if str(recipe) not in ("", ".") else None   # a seed file: its base
     return {"run": run_dir.resolve().name, "folder": folder_name(run_dir), "recipe": str(recipe.relative_to(REPO_ROOT)) if recipe and recipe.is_relative_to(REPO_ROOT)
-            else str(recipe or ""), "options": recipe_overrides(a),
+            else str(recipe or ""), "options": recipe_overrides(a, recorded),
             "model": a["model"], "seed": a["seed"], "teacher": [teacher_name(t) for t in a.get("teacher", [])],
             "train_on": a.get("train_on", "train"), "params": m["params"], "train_params": m["train_params"],
             "macs": count_macs(model),
