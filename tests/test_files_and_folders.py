@@ -106,3 +106,25 @@ def test_the_run_log_describes_a_run_by_the_recipe_it_ran_not_the_file_as_it_is_
     recipe.unlink()
     results.main(["--log", str(log), "add", str(tmp_path / "run")])   # the file gone: the run still logs
     assert json.loads(log.read_text()) == row and row["recipe"].endswith("r.toml")
+
+
+def test_a_users_own_classes_train_with_the_default_recipe_without_its_teacher(tmp_path, capsys):
+    root = write_split_root(tmp_path / "data")
+    for split in ("train", "val", "test"):
+        shutil.rmtree(root / split / "sad")   # three classes of their own
+    out = tmp_path / "run"
+    dog_emotion.main(["train", "--data", str(root), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                      "--model", "nano", "--input-size", "32", "--batch-size", "8", "--epochs", "1",
+                      "--warmup-epochs", "1", "--threads", "1"])   # the shipped recipe otherwise, its teacher included
+    printed = capsys.readouterr().out
+    assert "NOTE: training without a teacher" in printed and "make teacher DATA=" in printed
+    assert json.loads((out / "metrics.json").read_text())["classes"] == ["angry", "happy", "relaxed"]
+    with pytest.raises(SystemExit):   # a teacher the user names is never dropped silently
+        dog_emotion.main(["train", "--data", str(root), "--out", str(tmp_path / "named"), "--config", "",
+                          "--teacher", "weights/teacher_large.pkl", "--model", "nano", "--input-size", "32",
+                          "--batch-size", "8", "--epochs", "1", "--threads", "1"])
+    assert "teacher has classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dog_emotion.main(["train", "--data", str(root), "--out", str(tmp_path / "big"), "--config", "",
+                          "--model", "nano", "--input-size", "32", "--batch-size", "512", "--epochs", "1"])
+    assert "pass --batch-size" in capsys.readouterr().err

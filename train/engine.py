@@ -22,14 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mobile_model import build_model, count_parameters, get_config, inference_parameters
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
-from train.common import (accuracy, exclusive, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
+from train.common import (SHIPPED_RECIPE, accuracy, exclusive, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
                           set_threads)
 from train.bank import bank_for_run
 from train.data import DataError, augment_batch, iterate_batches, load_splits, mix_batch, render_views, storage_size
 from train.distributed import Processes, barrier, gather, setup, sum_over_ranks
 from train.plots import plot_confusion, plot_curves
 from train.scoring import evaluate
-from train.recipes import recipe_record, recipe_text, result_options
+from train.recipes import read_recipe, recipe_record, recipe_text, result_options
 
 # ---------------------------------------------------------------- the parts of a step
 
@@ -218,13 +218,28 @@ def load_data(args, config, procs: Processes, out: Path, log) -> dict:
     return data
 
 
+def shipped_teachers(args) -> bool:
+    """Whether the run distils from the shipped recipe's teachers because it runs that recipe (the
+    default), rather than from teachers a user named."""
+    if not args.config or Path(args.config).resolve() != SHIPPED_RECIPE.resolve():
+        return False
+    return list(args.teacher) == list(read_recipe(SHIPPED_RECIPE).get("teacher", ([], None))[0])
+
+
 def load_teachers(args, classes: list[str], device: torch.device, log) -> list:
     teachers = []
     channels_last = channels_last_layout(device, args)
     for path in args.teacher:
         teacher, tckpt = load_weights(path)
+        if tckpt["classes"] != classes and shipped_teachers(args):
+            # a user's own classes with the default recipe: its dog-emotion teacher cannot teach them
+            log(f"NOTE: training without a teacher: the shipped recipe's teacher {path} knows {tckpt['classes']}, "
+                f"this data has {classes}. To distil, train a teacher on this data first (make teacher DATA=...) "
+                "and pass it: --teacher artifacts/teacher/dog_emotion.pkl")
+            return []
         if tckpt["classes"] != classes:
-            raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']}; the student needs {classes}")
+            raise CheckpointError(f"{path}: teacher has classes {tckpt['classes']}; the student needs {classes} "
+                                  "(a teacher trained on this data, or --teacher with nothing after it for none)")
         log(f"distilling from {path} ({count_parameters(teacher):,} params, "
             f"val {percent(tckpt['metrics'].get('val_acc'))})")
         if args.teacher_no_flip:
@@ -383,7 +398,8 @@ def train_job(args) -> dict:
     steps_per_epoch = len(data["train"]) // global_batch
     if steps_per_epoch == 0:
         raise DataError(f"train split has {len(data['train'])} images, fewer than one batch of {global_batch}"
-                        + (f" ({args.batch_size} per process x {procs.world})" if procs.world > 1 else ""))
+                        + (f" ({args.batch_size} per process x {procs.world})" if procs.world > 1 else "")
+                        + f": pass --batch-size {max(1, len(data['train']) // (4 * procs.world))} (ARGS='--batch-size N' with make)")
     if args.resume:
         restore(run, out / "last.ckpt", args, procs, data)
         log(f"resumed from {out / 'last.ckpt'} at epoch {run.epoch + 1}")
