@@ -328,3 +328,10 @@ def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path)
     page.write_text("no markers")
     with pytest.raises(DataError, match="results.md: no '<!-- generated: size-table -->'"):
         results.render(log, page, figure)
+
+
+def test_the_epoch_line_gives_the_whole_runs_time_left():
+    from train.engine import eta
+    history = [{"epoch": e, "seconds": s} for e, s in ((1, 100.0), (2, 30.0), (3, 30.0), (4, 30.0), (5, 30.0), (6, 30.0))]
+    assert eta(history, 160) == "eta 1h17m"   # 154 epochs of the last five's 30 s
+    assert eta(history[:1], 2) == "eta 1m40s" and eta(history, 6) == "eta 0m00s"

@@ -326,7 +326,14 @@ def end_epoch(run: Run, epoch: int, tr: dict, data: dict, args, classes: list[st
         save_weights(run.ema.model, classes, out / "best.pkl", {"val_acc": va["acc"], "epoch": epoch})
     print(f"epoch {epoch:3d}/{args.epochs}  train loss {tr['loss']:.3f} acc {tr['acc']:5.1f}  "
           f"val loss {va['loss']:.3f} acc {va['acc']:5.1f}  best {run.best['val_acc']:.1f}@{run.best['epoch']}  "
-          f"lr {tr['lr']:.2e}  {row['seconds']:.1f}s", flush=True)
+          f"lr {tr['lr']:.2e}  {row['seconds']:.1f}s  {eta(run.history, args.epochs)}", flush=True)
+
+
+def eta(history: list[dict], epochs: int) -> str:
+    """Time left for the whole run: the last (up to) five epochs' mean, times the epochs to go."""
+    recent = [h["seconds"] for h in history[-5:]]
+    left = round(sum(recent) / len(recent) * (epochs - history[-1]["epoch"]))
+    return f"eta {left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else f"eta {left // 60}m{left % 60:02d}s"
 
 
 class TrainingStopped(DataError):
