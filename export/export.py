@@ -410,7 +410,10 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
     previous set as it was; `out` is refused up front unless it is new, empty or an earlier export."""
     out = Path(out)
     check_export_folder(out)
-    staging = temp_path(out, folder=True)
+    try:
+        staging = temp_path(out, folder=True)
+    except OSError as e:
+        raise ExportError(f"{out}: output folder is not writable ({e.strerror})") from None
     try:
         job = prepare_job(weights, data, staging, calib_count, seed, flip_average, temperature)
         rows, info = export_all(job)
