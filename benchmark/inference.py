@@ -10,14 +10,13 @@ stated; the files take a batch of 1, so its batch-32 column is 32 calls.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmark.timing import time_calls
-from export.runtimes import FORMATS, METADATA_SIDECAR, batched_logits, make_runner
+from export.runtimes import FORMATS, batched_logits, exported_from, make_runner
 from train.common import accuracy
 from train.data import DataError
 from train.plots import plt, save_figure
@@ -37,13 +36,9 @@ OPTIONAL_FORMATS = ("pte_int8", "tflite_fp32", "tflite_int8")
 def check_exports(export_dir: Path, weights_sha256: str) -> list[str]:
     """The formats to time; refuses an export of other weights (its meta.json records their digest)
     and one that lacks a format every export writes."""
-    meta_path = export_dir / METADATA_SIDECAR
-    try:
-        exported_from = json.loads(meta_path.read_text()).get("weights_sha256")
-    except (OSError, ValueError) as e:
-        raise DataError(f"{meta_path}: cannot read the export's record ({e}); run `make export` first") from None
-    if exported_from != weights_sha256:
-        raise DataError(f"{export_dir}: exported from other weights (sha256 {str(exported_from)[:12]}, these are "
+    digest = exported_from(export_dir)
+    if digest != weights_sha256:
+        raise DataError(f"{export_dir}: exported from other weights (sha256 {str(digest)[:12]}, these are "
                         f"{weights_sha256[:12]}); timing its files against this eager model would compare two models: "
                         "export these weights (`make export WEIGHTS=...`) or bench the weights it came from")
     missing = [f for f in ROW_FORMATS[1:] if not (export_dir / FORMATS[f]).is_file() and f not in OPTIONAL_FORMATS]

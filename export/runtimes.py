@@ -5,6 +5,7 @@ A runner maps a float32 (B, 3, R, R) numpy batch to numpy logits (B, C).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,16 @@ FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "or
            "tflite_fp32": "dog_emotion.tflite", "tflite_int8": "dog_emotion.int8.tflite"}
 METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte files, the web demo and bench
 BATCH = 32  # the largest batch every format takes (the .pte programs are exported for 1..32)
+
+
+def exported_from(export_dir: Path) -> str | None:
+    """The sha256 of the weights an export folder was written from (its meta.json records it), or a
+    DataError when the folder holds no readable export record."""
+    meta_path = Path(export_dir) / METADATA_SIDECAR
+    try:
+        return json.loads(meta_path.read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{meta_path}: cannot read the export's record ({e}); run `make export` first") from None
 
 
 def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) -> ort.InferenceSession:

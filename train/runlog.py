@@ -46,15 +46,20 @@ def read_run(run_dir: str | Path) -> dict:
             "test_acc": run.get("test_acc")}
 
 
-def read_metrics(run_dir: Path) -> dict:
-    """A finished run's metrics.json, or a DataError naming the file and what is wrong with it."""
+def read_json_table(path: Path, what: str) -> dict:
+    """A run file that holds one JSON table, or a DataError naming the file and what is wrong with it."""
     try:
-        run = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        table = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{run_dir / 'metrics.json'}: not a JSON file ({e})") from None
-    if not isinstance(run, dict):
-        raise DataError(f"{run_dir / 'metrics.json'}: holds a {type(run).__name__}, not a run's metrics")
-    return run
+        raise DataError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: holds a {type(table).__name__}, not {what}")
+    return table
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """A finished run's metrics.json."""
+    return read_json_table(run_dir / "metrics.json", "a run's metrics")
 
 
 def read_recipe_record(run_dir: Path) -> dict | None:
@@ -62,11 +67,8 @@ def read_recipe_record(run_dir: Path) -> dict | None:
     path = run_dir / "recipe.json"
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a JSON file ({e})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("recipe"), str) or not isinstance(record.get("values"), dict):
+    record = read_json_table(path, "a recipe record")
+    if not isinstance(record.get("recipe"), str) or not isinstance(record.get("values"), dict):
         raise DataError(f"{path}: not a recipe record (needs 'recipe', a path, and 'values', a table)")
     return record
 
