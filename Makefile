@@ -15,19 +15,22 @@ OUT ?= artifacts/prepared_data
 SPLIT ?= --val-count 100 --test-count 100
 ARGS ?=
 NPROC ?= 2
-# The shipped model's recipe; RECIPE=recipes/<name>.toml gives train, train-quick, train-ddp and
-# train-all any other.
-RECIPE ?= recipes/mid-final-tv.toml
+# The shipped model's recipe is the train command's own defaults (`make train`; `python -m
+# train.dog_emotion train --help` lists them). RECIPE=recipes/<name>.toml gives train, train-quick
+# and train-ddp any other; SEED=N another seed of it.
+RECIPE ?=
+SEED ?=
+RECIPE_ARGS = $(if $(RECIPE),--config $(RECIPE)) $(if $(SEED),--seed $(SEED))
 
 # glibc's allocator settings that make an epoch faster are applied inside the training command
 # (train.common.keep_freed_memory), so `python -m train.dog_emotion train` runs at the same speed.
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers train-all sizes results demo eda prepare-data evaluate profile temperature export model-card bench mnist lr-sweep vgg test clean
+.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers reproduce sizes results demo eda prepare-data evaluate profile temperature export model-card bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=<split root> (default $(DATA)), RECIPE=<.toml> (default $(RECIPE)), WEIGHTS=<.pkl>, NPROC=<processes> (train-ddp), ARGS='<extra CLI options>'"
+	@echo "  variables: DATA=<split root> (default $(DATA)), RECIPE=<.toml> (default: none, the shipped recipe), SEED=<n>, WEIGHTS=<.pkl>, NPROC=<processes> (train-ddp), ARGS='<extra CLI options>'"
 
 $(STAMP): requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -52,41 +55,45 @@ data/dog_emotion:
 
 data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emotion) to data/dog_emotion
 
-# Every named training run is a recipe file, recipes/<name>.toml, loaded with --config; ARGS
-# overrides any of its options. The shipped model's recipe is RECIPE (above).
+# A recipe file, recipes/<name>.toml, states what differs from the shipped recipe (the command's
+# defaults); ARGS overrides any option.
 TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
 # Recipes say nothing of threads: a run alone takes every core (--threads 0); the search's runs
 # (the pattern rule below) take one each, two side by side. Times: docs/training.md, `make bench`.
-train: $(STAMP) data ## train the shipped model (RECIPE: 160 epochs on train + val) against the shipped teacher on all cores -> artifacts/train/
-	$(TRAIN) --config $(RECIPE) --threads 0 $(ARGS)
+train: $(STAMP) data ## train the shipped model (160 epochs on train + val, distilled from weights/teacher_large_distilled.pkl; RECIPE= another) on all cores -> artifacts/train/
+	$(TRAIN) $(RECIPE_ARGS) --threads 0 $(ARGS)
 
 train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things -> artifacts/train-quick/
-	$(TRAIN) --config $(RECIPE) --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
+	$(TRAIN) $(RECIPE_ARGS) --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
 
 # Several processes (torchrun, DDP; gloo on CPUs, NCCL on GPUs): the same 64 images per step,
 # 64/NPROC per process, one thread each. docs/scale-out.md has the multi-GPU and multi-machine flags.
 train-ddp: $(STAMP) data ## RECIPE as NPROC (default 2) DDP processes via torchrun -> artifacts/train-ddp/
 	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m train.dog_emotion train --data $(DATA) \
-		--config $(RECIPE) --batch-size $$((64 / $(NPROC))) --threads 1 --out artifacts/train-ddp $(ARGS)
+		$(RECIPE_ARGS) --batch-size $$((64 / $(NPROC))) --threads 1 --out artifacts/train-ddp $(ARGS)
+
+# nanochat's speedrun: the whole chain behind weights/dog_emotion.pkl from the data alone, each step
+# skipped when its output is complete and stopped runs resumed (train/reproduce.py has the table).
+reproduce: $(STAMP) data ## from the data alone to every shipped file: 3 teachers, the distilled teacher, the recipe's 3 seeds, the train-only sibling, temperature, export, bench; plan and time print first; resumable -> artifacts/reproduce/
+	$(PY) -m train.reproduce --data $(DATA) $(ARGS)
 
 teacher: $(STAMP) data ## train the 190k teacher from scratch (recipes/large.toml) on all cores -> artifacts/teacher/
 	$(TRAIN) --config recipes/large.toml --threads 0 --out artifacts/teacher $(ARGS)
 
-train-all: $(STAMP) data ## everything from scratch: the teacher, then RECIPE's model against it -> artifacts/teacher/, artifacts/train/
-	$(TRAIN) --config recipes/large.toml --threads 0 --out artifacts/teacher $(ARGS)
-	$(TRAIN) --config $(RECIPE) --threads 0 --teacher artifacts/teacher/dog_emotion.pkl $(ARGS)
-
-# Any recipe by name: make artifacts/runs/<name>/dog_emotion.pkl trains recipes/<name>.toml (one
-# thread, test not read: the protocol in docs/results.md reads test once per final candidate), and
-# resumes it from its last finished epoch when a stopped run's checkpoint is there (the log is appended).
-artifacts/runs/%/dog_emotion.pkl: recipes/%.toml | $(STAMP) data
-	@mkdir -p $(dir artifacts/runs/$*.log)
-	@echo "training recipe '$*'; progress: tail -f artifacts/runs/$*.log"
-	$(TRAIN) --config $< --threads 1 --no-test --out artifacts/runs/$* $(if $(wildcard artifacts/runs/$*/last.ckpt),--resume) $(ARGS) >> artifacts/runs/$*.log 2>&1 || { tail -n 20 artifacts/runs/$*.log; exit 1; }
+# Any recipe by name: make artifacts/runs/<name>/dog_emotion.pkl trains recipes/<name>.toml, and
+# artifacts/runs/<name>-s<N>/ the same recipe with --seed N (one thread, test not read: the protocol
+# in docs/results.md reads test once per final candidate); a stopped run resumes from its last
+# finished epoch (the log is appended).
+artifacts/runs/%/dog_emotion.pkl: | $(STAMP) data
+	@mkdir -p artifacts/runs
+	@recipe=recipes/$$(echo '$*' | sed -E 's/-s[0-9]+$$//').toml; seed=$$(echo '$*' | sed -nE 's/.*-s([0-9]+)$$/\1/p'); \
+	echo "training $$recipe$${seed:+, seed $$seed}; progress: tail -f artifacts/runs/$*.log"; \
+	$(TRAIN) --config $$recipe $${seed:+--seed $$seed} --threads 1 --no-test --out artifacts/runs/$* \
+		$(if $(wildcard artifacts/runs/$*/last.ckpt),--resume) $(ARGS) >> artifacts/runs/$*.log 2>&1 || { tail -n 20 artifacts/runs/$*.log; exit 1; }
 	@grep "^kept the" artifacts/runs/$*.log | tail -n 1
-# The teacher ensemble: the shipped teacher's recipe (make teacher) with two more seeds, and at 128 px.
-ENSEMBLE := teacher-large-s1 teacher-large-s2 teacher-large128
-teachers: $(STAMP) data ## the teacher ensemble's three new members from scratch, two at a time, one thread each (resumable) -> artifacts/runs/teacher-*/
+# The teacher ensemble: the teacher's recipe (make teacher) with two more seeds, and at 128 px.
+ENSEMBLE := large-s1 large-s2 teacher-large128
+teachers: $(STAMP) data ## the teacher ensemble's three new members from scratch, two at a time, one thread each (resumable) -> artifacts/runs/large-s1, large-s2, teacher-large128/
 	$(MAKE) -j2 $(foreach t,$(ENSEMBLE),artifacts/runs/$(t)/dog_emotion.pkl)
 
 SIZES_TEACHERS := artifacts/runs/small-plain/dog_emotion.pkl artifacts/runs/base-plain/dog_emotion.pkl
@@ -133,7 +140,7 @@ artifacts/export/dog_emotion.onnx: $(WEIGHTS) | $(STAMP) data
 	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA)
 
 bench: $(STAMP) data artifacts/export/dog_emotion.onnx ## latency/throughput of every format, pipeline and MNIST ratios, training epoch time 1x1, 1x2, 2 procs x1 -> artifacts/bench/
-	$(PY) -m benchmark.bench --weights $(WEIGHTS) --data $(DATA) --recipe $(RECIPE) $(ARGS)
+	$(PY) -m benchmark.bench --weights $(WEIGHTS) --data $(DATA) $(if $(RECIPE),--recipe $(RECIPE)) $(ARGS)
 
 # The browser demo: onnxruntime-web from web/package-lock.json, the exported models beside the page.
 HOST ?= 127.0.0.1

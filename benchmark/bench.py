@@ -24,7 +24,7 @@ import torch
 
 from benchmark import contention, inference, input_pipeline, mnist_autograd, training_layouts
 from train.checkpoint import load_for_export
-from train.common import (ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, command_errors, cpu_description, markdown_table,
+from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, command_errors, cpu_description, markdown_table,
                           save_json, save_text)
 from train.data import DEFAULT_DATA, check_data_root, load_folder, storage_size
 from train.recipes import read_recipe
@@ -39,8 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts (default: %(default)s)")
     ap.add_argument("--no-flip-average", action="store_true", help="eager without mirror-image averaging, to match "
                                                                     "files exported with --no-flip-average (default: off)")
-    ap.add_argument("--recipe", default=str(SHIPPED_RECIPE), help="training recipe that part 4 times (default: the shipped "
-                                                                  "model's, %(default)s)")
+    ap.add_argument("--recipe", default="", help="training recipe that part 4 times (default: none, the train command's "
+                                                "defaults: the shipped model's recipe)")
     ap.add_argument("--train-epochs", type=int, default=2, help="epochs per training layout; the first is not timed "
                                                                  "when there are more; 0 skips part 4 (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="few runs and images, a tiny model in part 4: for tests and CI")
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     start = contention.snapshot()
     with command_errors():
-        if args.train_epochs > 0:  # --quick trains on the recipe too, with a tiny model in its place
+        if args.train_epochs > 0 and args.recipe:  # --quick trains on the recipe too, with a tiny model in its place
             read_recipe(Path(args.recipe))  # a missing or broken recipe stops here, not after the inference timings
         model, ckpt = load_for_export(args.weights, not args.no_flip_average)
         test = load_folder(check_data_root(args.data) / "test", ckpt["classes"],
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
             f"## Inference\n\n{markdown_table(rows, inference.COLUMNS)}\n"
             f"## Training input pipeline\n\n{markdown_table([pipeline], input_pipeline.COLUMNS)}\n"
             f"## From-scratch MNIST network vs torch.nn + autograd\n\n{markdown_table([mnist], mnist_autograd.COLUMNS)}\n"
-            + (f"## Training epoch time ({'tiny model, QUICK' if args.quick else args.recipe})\n\n"
+            + (f"## Training epoch time ({'tiny model, QUICK' if args.quick else args.recipe or 'the shipped recipe'})\n\n"
                f"{markdown_table(training, training_layouts.COLUMNS)}\n" if training else "")
             + "![bench](bench.png)\n")
     save_text(text, out / "bench.md")

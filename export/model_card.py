@@ -17,11 +17,11 @@ from PIL import Image, ImageDraw
 
 from export.runtimes import FORMATS, METADATA_SIDECAR, exported_from
 from mobile_model import CONFIGS, count_macs
-from train.common import (ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_RECIPE, SHIPPED_WEIGHTS, command_errors, markdown_table,
+from train.common import (ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, command_errors, markdown_table,
                           percent, save_text)
 from train.data import DataError, preprocess, preprocess_spec
 from train.scoring import wilson_interval
-from train.recipes import read_recipe
+from train.recipes import recipe_record
 from train.runlog import mean_sd, read_log
 
 DATA_URL = "https://www.kaggle.com/datasets/danielshanbalico/dog-emotion"
@@ -68,10 +68,9 @@ def confusions(cm: np.ndarray, classes: list[str]) -> str:
             "mistakes: " + ", ".join(f"{t} taken for {p} ({n} photos)" for n, t, p in top) + ".")
 
 
-def seed_rows() -> list[dict]:
-    """The run log's runs of the shipped recipe (plain, on 1 thread), with their test accuracies."""
-    recipe = SHIPPED_RECIPE.relative_to(SHIPPED_RECIPE.parent.parent).as_posix()
-    return [r for r in read_log(RUN_LOG) if r["recipe"] == recipe and not r["options"] and r["test"] is not None]
+def seed_rows(recipe: dict) -> list[dict]:
+    """The run log's runs of the shipped recipe (its values, nothing changed), with their test accuracies."""
+    return [r for r in read_log(RUN_LOG) if r.get("recipe_values") == recipe and not r["options"] and r["test"] is not None]
 
 
 def speed_rows(bench_json: Path, weights_sha256: str) -> tuple[list[dict], str]:
@@ -113,7 +112,7 @@ def shipped_digest() -> str | None:
 def details(model, ckpt: dict, cal: dict, recipe: dict | None) -> str:
     spec = preprocess_spec(model.config.input_size)
     if recipe is not None:
-        training = (f"the shipped recipe, `{SHIPPED_RECIPE.name}`: {recipe.get('epochs')} epochs, distilled from "
+        training = (f"the shipped recipe (the defaults of `python -m train.dog_emotion train`, `make train`): {recipe['epochs']} epochs, distilled from "
                     f"{', '.join(f'`{t}`' for t in recipe.get('teacher', [])) or 'no teacher'}")
     else:
         training = "not the shipped weights: the weights file's own run (its run folder's args.toml has the options)"
@@ -237,8 +236,8 @@ def render(model, ckpt: dict, rows: list[dict], info: dict, test_logits: np.ndar
     cm = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(cm, (test_labels, test_logits.argmax(1)), 1)
     shipped = ckpt.get("sha256") is not None and ckpt.get("sha256") == shipped_digest()
-    recipe = {k: v for k, (v, _) in read_recipe(SHIPPED_RECIPE).items()} if shipped else None
-    tests = [r["test"] for r in seed_rows()] if shipped else []
+    recipe = recipe_record("")["values"] if shipped else None
+    tests = [r["test"] for r in seed_rows(recipe)] if shipped else []
     lo, hi = wilson_interval(int(cm.trace()), int(cm.sum()))
     spread = f"; the recipe's seeds have spread over {max(tests) - min(tests):.2f} points on test" if len(tests) > 1 else ""
     speed, speed_source = speed_rows(bench_json, ckpt.get("sha256"))

@@ -115,4 +115,4 @@ def test_the_bank_and_the_online_teachers_give_the_same_first_step(split_root, t
     online = engine.teacher_log_probs(models, x, 2.0)
     stored = b.probs(idx, torch.zeros(8, dtype=torch.long), 2.0).log()
     assert torch.allclose(online, stored, atol=1e-5)
-    assert dog_emotion.parse_args(["train", "--config", "", "--teacher-views", "7"]).teacher_views == 7
+    assert dog_emotion.parse_args(["train", "--teacher-views", "7"]).teacher_views == 7

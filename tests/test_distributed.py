@@ -11,7 +11,7 @@ from conftest import write_split_root
 from train import dog_emotion
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--config", "", "--model", "nano", "--input-size", "32", "--warmup-epochs", "1", "--threads", "1", "--epochs", "3"]
+TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "32", "--warmup-epochs", "1", "--threads", "1", "--epochs", "3"]
 
 
 def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:

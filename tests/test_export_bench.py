@@ -343,15 +343,15 @@ def test_the_readme_snippets_run_as_written_and_agree_with_predict(exported, rea
     out, _, _ = exported
     photo = sorted((real_data / "test" / "sad").iterdir())[0]
     snippets = readme_snippets()
-    assert len(snippets) == 2, "README has the Python and the onnxruntime snippet"
+    assert len(snippets) == 3, "README has the one-call snippets (weights, ONNX) and the app-side onnxruntime one"
     printed = []
     for code in snippets:
         code = code.replace("photo.jpg", str(photo)).replace("artifacts/export/", f"{out}/")
         done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         printed.append(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
-    # the PyTorch snippet reads the shipped weights, the onnxruntime one the calibrated export
-    for probs, weights in zip(printed, (SHIPPED_WEIGHTS, out / exporter.CALIBRATED_WEIGHTS)):
+    # the weights file (its recorded temperature applied) and the calibrated export say the same
+    for probs, weights in zip(printed, (SHIPPED_WEIGHTS, out / exporter.CALIBRATED_WEIGHTS, out / exporter.CALIBRATED_WEIGHTS)):
         ref = dog_emotion_predict(photo, weights)
         assert list(probs) == list(ref) and max(abs(probs[c] - ref[c]) for c in ref) < 2e-3, (probs, ref)
 

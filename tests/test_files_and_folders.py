@@ -120,11 +120,11 @@ def test_a_users_own_classes_train_with_the_default_recipe_without_its_teacher(t
     assert "NOTE: training without a teacher" in printed and "make teacher DATA=" in printed
     assert json.loads((out / "metrics.json").read_text())["classes"] == ["angry", "happy", "relaxed"]
     with pytest.raises(SystemExit):   # a teacher the user names is never dropped silently
-        dog_emotion.main(["train", "--data", str(root), "--out", str(tmp_path / "named"), "--config", "",
+        dog_emotion.main(["train", "--data", str(root), "--out", str(tmp_path / "named"), "--train-on", "train",
                           "--teacher", "weights/teacher_large.pkl", "--model", "nano", "--input-size", "32",
                           "--batch-size", "8", "--epochs", "1", "--threads", "1"])
     assert "teacher has classes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        dog_emotion.main(["train", "--data", str(root), "--out", str(tmp_path / "big"), "--config", "",
+        dog_emotion.main(["train", "--data", str(root), "--out", str(tmp_path / "big"), "--teacher", "--train-on", "train",
                           "--model", "nano", "--input-size", "32", "--batch-size", "512", "--epochs", "1"])
     assert "pass --batch-size" in capsys.readouterr().err

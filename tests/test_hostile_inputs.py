@@ -189,7 +189,7 @@ def test_training_on_a_data_set_with_hostile_files_skips_them_and_lists_them(tmp
     (root / "val" / "happy" / "folder.jpg").mkdir()               # a folder is not a file: not listed at all
     (root / "test" / "angry" / "photo.jpg").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
     out = tmp_path / "run"
-    dog_emotion.main(["train", "--config", "", "--data", str(root), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+    dog_emotion.main(["train", "--teacher", "--train-on", "train", "--data", str(root), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
                       "--model", "nano", "--input-size", "32", "--batch-size", "8", "--epochs", "1", "--threads", "1"])
     listed = (out / "skipped.txt").read_text().splitlines()
     assert len(listed) == 2 and "bomb.png: " in listed[0] + listed[1] and "HEIC" in listed[0] + listed[1]

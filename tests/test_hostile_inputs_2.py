@@ -16,7 +16,7 @@ from train import checkpoint, dog_emotion, engine
 from train.checkpoint import CheckpointError, load_weights, save_weights
 from train.data import BadImage, DataError, load_rgb, load_splits
 
-TINY = ["--config", "", "--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1",
+TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1",
         "--threads", "1", "--epochs", "1"]
 
 
@@ -91,14 +91,16 @@ def test_out_of_range_options_are_refused_by_argparse(option, capsys):
 @pytest.mark.parametrize("content, message", [
     (b"model = \"\xff\xfe\"\n", "not valid TOML"),                      # invalid UTF-8
     (b"x = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "bytes, not a recipe|nested too deeply"),
-    (b'extends = "/dev/zero"\n', "/dev/zero: not a regular file"),
-    (b'extends = "fifo"\n', "fifo: not a regular file"),
+    ("/dev/zero", "/dev/zero: not a regular file"),       # a path, not content: never read
+    ("fifo", "fifo: not a regular file"),
 ])
 def test_recipes_that_are_not_recipes(tmp_path, content, message):
     os.mkfifo(tmp_path / "fifo")
-    (tmp_path / "r.toml").write_bytes(content)
+    if isinstance(content, bytes):
+        (tmp_path / "r.toml").write_bytes(content)
+    recipe = tmp_path / "r.toml" if isinstance(content, bytes) else tmp_path / content
     with pytest.raises(SystemExit, match=message):
-        dog_emotion.main(["train", "--config", str(tmp_path / "r.toml")])
+        dog_emotion.main(["train", "--config", str(recipe)])
 
 
 def test_a_run_folder_of_another_run_is_not_overwritten(tmp_path):

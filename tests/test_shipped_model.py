@@ -7,8 +7,9 @@ import torch
 from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, inference_parameters
 from train import dog_emotion
 from train.checkpoint import load_weights
-from train.common import REPO_ROOT, SHIPPED_RECIPE, SHIPPED_WEIGHTS
-from train.recipes import read_recipe
+from train.common import REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS
+from train.recipes import recipe_record
+from train.runlog import read_log
 
 README = (REPO_ROOT / "README.md").read_text()
 SHIPPED_LINE = re.search(r"\| parameters \(as it ships, BatchNorm folded\) \| ([\d,]+) \(`(\w+)`\).*?"
@@ -32,17 +33,18 @@ def test_parameter_count_matches_readme_and_weights_file():
     assert SHIPPED_WEIGHTS.stat().st_size < 4 * stated + 100_000
 
 
-def test_the_shipped_recipe_trains_the_shipped_model_and_make_train_uses_it():
-    assert read_recipe(SHIPPED_RECIPE)["model"][0] == SHIPPED
-    makefile_default = re.search(r"^RECIPE \?= (\S+)$", (REPO_ROOT / "Makefile").read_text(), re.M)
-    assert makefile_default and makefile_default.group(1) == SHIPPED_RECIPE.relative_to(REPO_ROOT).as_posix()
-    # the command's own defaults are the shipped recipe, so `python -m train.dog_emotion train` is `make train`
-    default = vars(dog_emotion.parse_args(["train"]))
-    explicit = vars(dog_emotion.parse_args(["train", "--config", str(SHIPPED_RECIPE)]))
-    assert {k: v for k, v in default.items() if k != "config"} == {k: v for k, v in explicit.items() if k != "config"}
-    assert default["epochs"] == 160 and default["teacher"] == ["weights/teacher_large_distilled.pkl"]
-    assert default["train_on"] == "train+val" and default["threads"] == 0
-    assert dog_emotion.parse_args(["train", "--config", ""]).teacher == []    # '' is no recipe at all
+def test_the_train_commands_defaults_are_the_shipped_recipe_and_make_train_uses_them():
+    # one place: `python -m train.dog_emotion train` is `make train` is the shipped model's recipe
+    default = dog_emotion.parse_args(["train"])
+    assert default.model == SHIPPED and default.config == ""
+    assert default.epochs == 160 and default.teacher == ["weights/teacher_large_distilled.pkl"]
+    assert default.train_on == "train+val" and default.threads == 0
+    assert re.search(r"^RECIPE \?=\s*$", (REPO_ROOT / "Makefile").read_text(), re.M), "make train passes no recipe"
+    # the run that made the shipped file (run log: seed 0, declared in advance) ran exactly these values
+    shipped_run = next(r for r in read_log(RUN_LOG) if r["run"] == "mid-final-tv")
+    assert shipped_run["seed"] == 0 and not shipped_run["options"]
+    assert shipped_run["recipe_values"] == recipe_record("")["values"]
+    assert dog_emotion.parse_args(["train", "--teacher"]).teacher == []    # `--teacher` alone: none
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

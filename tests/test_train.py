@@ -11,7 +11,7 @@ from train import dog_emotion
 from train.checkpoint import CheckpointError, load_weights, save_weights
 from train.data import DataError
 
-TINY = ["--config", "", "--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1", "--threads", "1"]
+TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1", "--threads", "1"]
 
 
 def run_train(root, out, *extra):
@@ -239,37 +239,27 @@ def test_bad_recipes_are_refused_by_name(tmp_path, text, message):
         dog_emotion.main(["train", "--config", str(tmp_path / "none.toml")])
 
 
-def test_a_recipe_extends_another_and_overrides_its_options(tmp_path):
-    (tmp_path / "base.toml").write_text('model = "nano"\nepochs = 7\ncrop_scale = 0.25\n')
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "child.toml").write_text('extends = "../base.toml"\nepochs = 3\n')
-    args = dog_emotion.parse_args(["train", "--config", str(tmp_path / "sub" / "child.toml")])
-    assert (args.model, args.epochs, args.crop_scale) == ("nano", 3, 0.25)   # inherited, overridden, inherited
-    # a bad option is named with the file it is in, and loops and missing parents are refused by name
-    (tmp_path / "base.toml").write_text('model = "nano"\nepoch = 7\n')
-    with pytest.raises(SystemExit, match=r"base.toml: unknown option 'epoch'"):
-        dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
-    (tmp_path / "base.toml").write_text('extends = "sub/child.toml"\n')
-    with pytest.raises(SystemExit, match="extends itself"):
-        dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
-    (tmp_path / "base.toml").unlink()
-    with pytest.raises(SystemExit, match=r"base.toml: No such file"):
-        dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
-    (tmp_path / "sub" / "child.toml").write_text('extends = ["a.toml"]\n')
-    with pytest.raises(SystemExit, match="'extends' takes one recipe file name"):
-        dog_emotion.main(["train", "--config", str(tmp_path / "sub" / "child.toml")])
+def test_a_recipe_is_one_layer_on_the_commands_defaults(tmp_path):
+    (tmp_path / "small.toml").write_text('model = "nano"\nepochs = 7\n')
+    args = dog_emotion.parse_args(["train", "--config", str(tmp_path / "small.toml"), "--epochs", "3"])
+    defaults = dog_emotion.parse_args(["train"])
+    assert (args.model, args.epochs) == ("nano", 3)            # the file's, then the command line's
+    assert (args.crop_scale, args.teacher) == (defaults.crop_scale, defaults.teacher)   # the rest: the defaults
+    # a bad option is named with its file; `extends` (recipes built on recipes) is refused, saying what to do
+    (tmp_path / "small.toml").write_text('model = "nano"\nepoch = 7\n')
+    with pytest.raises(SystemExit, match=r"small.toml: unknown option 'epoch'"):
+        dog_emotion.main(["train", "--config", str(tmp_path / "small.toml")])
+    (tmp_path / "small.toml").write_text('extends = "large.toml"\nepochs = 3\n')
+    with pytest.raises(SystemExit, match=r"small.toml: 'extends' is gone.*copy the options of 'large.toml'"):
+        dog_emotion.main(["train", "--config", str(tmp_path / "small.toml")])
 
 
-def test_a_seed_file_stands_for_the_recipe_it_extends(tmp_path):
-    from train.recipes import drawn_recipe
-    (tmp_path / "base.toml").write_text('model = "nano"\nepochs = 7\n')
-    (tmp_path / "base-s1.toml").write_text('extends = "base.toml"\nseed = 1\n')
-    (tmp_path / "base-s1-again.toml").write_text('extends = "base-s1.toml"\n')
-    (tmp_path / "longer.toml").write_text('extends = "base.toml"\nseed = 1\nepochs = 9\n')
-    assert drawn_recipe(tmp_path / "base-s1.toml") == tmp_path / "base.toml"
-    assert drawn_recipe(tmp_path / "base-s1-again.toml") == tmp_path / "base.toml"
-    assert drawn_recipe(tmp_path / "longer.toml") == tmp_path / "longer.toml"   # another recipe, not a seed
-    assert drawn_recipe(tmp_path / "base.toml") == tmp_path / "base.toml"
+def test_no_recipe_in_the_repo_builds_on_another_or_only_sets_a_seed():
+    from train.common import REPO_ROOT
+    from train.recipes import read_recipe
+    for path in sorted((REPO_ROOT / "recipes").rglob("*.toml")):
+        recipe = read_recipe(path)   # refuses `extends`
+        assert set(recipe) - {"seed"}, f"{path}: only a seed (use --seed)"
 
 
 def test_every_recipe_in_the_repo_loads():

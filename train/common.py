@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "artifacts"
 SHIPPED_WEIGHTS = REPO_ROOT / "weights" / "dog_emotion.pkl"   # the model that ships to phones
-SHIPPED_RECIPE = REPO_ROOT / "recipes" / "mid-final-tv.toml"  # the recipe that trained it (the Makefile's RECIPE)
 RUN_LOG = REPO_ROOT / "docs" / "runs.jsonl"   # one row per training run of the search: docs/results.md's tables
 
 

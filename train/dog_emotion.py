@@ -7,7 +7,7 @@
     torchrun --standalone --nproc_per_node 2 -m train.dog_emotion train --batch-size 32 ...   # DDP
 
 The work is done by the library: train/engine.py (training), train/scoring.py (inference and scores), train/recipes.py (--config),
-train/runlog.py (comparing runs), train/data.py and train/checkpoint.py.
+train/runlog.py (comparing runs), train/classifier.py (labelling photos), train/data.py and train/checkpoint.py.
 """
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from mobile_model import count_parameters
 from train import engine, runlog, scoring
 from train.checkpoint import load_weights
-from train.common import (ARTIFACTS, SHIPPED_RECIPE, SHIPPED_WEIGHTS, at_least, command_errors, device_name, markdown_table, percent, progress,
+from train.classifier import Classifier
+from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, at_least, command_errors, device_name, markdown_table, percent, progress,
                           resolve_device)
-from train.data import (DEFAULT_DATA, BadImage, DataError, check_data_root, class_names, expand_inputs, is_split_root,
-                        load_folder, load_rgb, preprocess, storage_size)
+from train.data import (DEFAULT_DATA, DataError, check_data_root, class_names, expand_inputs, is_split_root,
+                        load_folder, load_rgb, storage_size)
 from train.distributed import teardown
 from train.plots import plot_prediction, plot_runs
 from train.recipes import add_train_options, recipe_defaults
@@ -66,14 +66,12 @@ def cmd_evaluate(args) -> dict:
     return result
 
 
-@torch.no_grad()
 def cmd_predict(args) -> list[dict]:
-    """Label and class probabilities of every image given (files, folders, glob patterns); each one
-    that cannot be read is named. Exits non-zero when any failed. --json: one object per line and
-    file, the keys the browser demo uses; --out: an annotated copy of each photo."""
-    model, ckpt = load_weights(args.weights)
-    device = resolve_device(args.device)
-    model.to(device)
+    """Label and class probabilities of every image given (files, folders, glob patterns), with a
+    weights file or an exported .onnx/.ort (train.classifier); each one that cannot be read is named.
+    Exits non-zero when any failed. --json: one object per line and file, the keys the browser demo
+    uses; --out: an annotated copy of each photo."""
+    classifier = Classifier(args.weights, resolve_device(args.device))
     sys.stdout.reconfigure(errors="backslashreplace")   # a file name that is not valid UTF-8 prints escaped
     sys.stderr.reconfigure(errors="backslashreplace")
     paths = expand_inputs(args.images)
@@ -83,22 +81,17 @@ def cmd_predict(args) -> list[dict]:
         check_annotation_folder(Path(args.out), paths)
     results, failed = [], 0
     for path in progress(paths, desc="predict", unit="img"):
-        try:
-            img = load_rgb(path, min_side=storage_size(model.config.input_size))
-        except BadImage as e:
+        row = classifier.label_file(path)
+        results.append(row)
+        if "error" in row:
             failed += 1
-            row = {"file": str(path), "error": str(e)}
-            print(json.dumps(row) if args.json else f"error: {e}", file=sys.stdout if args.json else sys.stderr)
-            results.append(row)
+            print(json.dumps(row) if args.json else f"error: {row['error']}", file=sys.stdout if args.json else sys.stderr)
             continue
-        probs = model(preprocess(img, model.config.input_size).to(device)).softmax(1)[0].cpu()
-        row = {"file": str(path), "label": ckpt["classes"][probs.argmax().item()],
-               "probabilities": {c: round(p.item(), 4) for c, p in zip(ckpt["classes"], probs)}}
         print(json.dumps(row) if args.json else
               f"{path}: {row['label']}  " + "  ".join(f"{c} {p:.3f}" for c, p in row["probabilities"].items()))
         if args.out:
-            row["annotated"] = str(plot_prediction(img, row, Path(args.out) / f"{len(results):04d}_{path.stem}.png"))
-        results.append(row)
+            img = load_rgb(path, min_side=storage_size(classifier.input_size))
+            row["annotated"] = str(plot_prediction(img, row, Path(args.out) / f"{len(results) - 1:04d}_{path.stem}.png"))
     if failed:
         raise DataError(f"{failed} of {len(paths)} images could not be read")
     return results
@@ -158,7 +151,8 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
             s.add_argument("--weights", nargs="+", default=[str(SHIPPED_WEIGHTS)],
                            help="weights .pkl; several: each one's accuracy and their ensemble's (default: %(default)s)")
         else:
-            s.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights .pkl (default: %(default)s)")
+            s.add_argument("--weights", default=str(SHIPPED_WEIGHTS),
+                           help="weights .pkl, or an exported .onnx/.ort (default: %(default)s)")
         s.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
         if name == "evaluate":
             s.add_argument("--data", default=str(DEFAULT_DATA), help="folder of <class>/ subfolders, or a split root (default: %(default)s)")
@@ -180,11 +174,11 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
 
 
 def config_path(argv: list[str]) -> str:
-    """--config of a `train` command line (the shipped recipe unless told; '' for none), read before
+    """--config of a `train` command line ('' when none: the defaults are the shipped recipe), read before
     the whole line is parsed (as timm does), so that the recipe's values become the defaults that
     the rest of the line overrides."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=str(SHIPPED_RECIPE))
+    pre.add_argument("--config", default="")
     known, _ = pre.parse_known_args(argv)
     return known.config if argv[:1] == ["train"] else ""
 

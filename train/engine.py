@@ -22,14 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mobile_model import build_model, count_parameters, get_config, inference_parameters
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
-from train.common import (SHIPPED_RECIPE, accuracy, exclusive, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
+from train.common import (accuracy, exclusive, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
                           set_threads)
 from train.bank import bank_for_run
 from train.data import DataError, augment_batch, iterate_batches, load_splits, mix_batch, render_views, storage_size
 from train.distributed import Processes, barrier, gather, setup, sum_over_ranks
 from train.plots import plot_confusion, plot_curves
 from train.scoring import evaluate
-from train.recipes import read_recipe, recipe_record, recipe_text, result_options
+from train.recipes import DEFAULT_BATCH, SHIPPED_TEACHER, recipe_record, recipe_text, result_options
 
 # ---------------------------------------------------------------- the parts of a step
 
@@ -218,12 +218,29 @@ def load_data(args, config, procs: Processes, out: Path, log) -> dict:
     return data
 
 
+def fit_batch(args, n_train: int, world: int, log) -> None:
+    """A data set smaller than one batch: with the default batch, the batch halves until an epoch
+    holds four steps (so a user's 20 photos a class train with the defaults), and says so; a batch
+    the user chose stays theirs, and the error names the one that fits."""
+    if n_train >= args.batch_size * world:
+        return
+    fitting = max(1, n_train // (4 * world))
+    if args.batch_size != DEFAULT_BATCH or world > 1:
+        raise DataError(f"train split has {n_train} images, fewer than one batch of {args.batch_size * world}"
+                        + (f" ({args.batch_size} per process x {world})" if world > 1 else "")
+                        + f": pass --batch-size {fitting} (ARGS='--batch-size N' with make)")
+    batch = args.batch_size
+    while batch > 1 and 4 * batch > n_train:
+        batch //= 2
+    log(f"NOTE: {n_train} training images, fewer than the default batch of {args.batch_size}: batch {batch} "
+        "(--batch-size N to choose)")
+    args.batch_size = batch
+
+
 def shipped_teachers(args) -> bool:
-    """Whether the run distils from the shipped recipe's teachers because it runs that recipe (the
-    default), rather than from teachers a user named."""
-    if not args.config or Path(args.config).resolve() != SHIPPED_RECIPE.resolve():
-        return False
-    return list(args.teacher) == list(read_recipe(SHIPPED_RECIPE).get("teacher", ([], None))[0])
+    """Whether the run distils from the shipped model's teacher because that is the default, rather
+    than from teachers a user or a recipe named."""
+    return tuple(args.teacher) == SHIPPED_TEACHER
 
 
 def load_teachers(args, classes: list[str], device: torch.device, log) -> list:
@@ -233,7 +250,7 @@ def load_teachers(args, classes: list[str], device: torch.device, log) -> list:
         teacher, tckpt = load_weights(path)
         if tckpt["classes"] != classes and shipped_teachers(args):
             # a user's own classes with the default recipe: its dog-emotion teacher cannot teach them
-            log(f"NOTE: training without a teacher: the shipped recipe's teacher {path} knows {tckpt['classes']}, "
+            log(f"NOTE: training without a teacher: the default teacher {path} knows {tckpt['classes']}, "
                 f"this data has {classes}. To distil, train a teacher on this data first (make teacher DATA=...) "
                 "and pass it: --teacher artifacts/teacher/dog_emotion.pkl")
             return []
@@ -400,13 +417,10 @@ def train_job(args) -> dict:
     if args.teacher_views and teachers:   # the teachers' outputs read from a bank, not computed each step
         bank = bank_for_run(args, data, [t.cpu() for t in teachers], log)
         teachers = []
+    fit_batch(args, len(data["train"]), procs.world, log)
     run = build_run(args, config, procs)
     global_batch = args.batch_size * procs.world
     steps_per_epoch = len(data["train"]) // global_batch
-    if steps_per_epoch == 0:
-        raise DataError(f"train split has {len(data['train'])} images, fewer than one batch of {global_batch}"
-                        + (f" ({args.batch_size} per process x {procs.world})" if procs.world > 1 else "")
-                        + f": pass --batch-size {max(1, len(data['train']) // (4 * procs.world))} (ARGS='--batch-size N' with make)")
     if args.resume:
         restore(run, out / "last.ckpt", args, procs, data)
         log(f"resumed from {out / 'last.ckpt'} at epoch {run.epoch + 1}")

@@ -63,9 +63,18 @@ def assign_splits(kept: list[dict], classes: list[str], val_frac: float, test_fr
                   val_count: int, test_count: int) -> dict[str, str]:
     """sha1 -> split. With counts: per class in SHA-1 order, the first test_count images to test,
     the next val_count to val, the rest to train (the shipped data's layout: 100 and 100). Without:
-    each image's SHA-1 places it, so the shares are the fractions only on average."""
+    each image's SHA-1 places it, so the shares are the fractions only on average (and adding
+    photos later moves none); a class that would have no val or test image (a small class) gives it
+    its first train images in SHA-1 order, so every class is scored."""
     if not (val_count or test_count):
-        return {r["sha1"]: split_of(r["sha1"], val_frac, test_frac) for r in kept}
+        splits = {r["sha1"]: split_of(r["sha1"], val_frac, test_frac) for r in kept}
+        for label in range(len(classes)):
+            members = sorted(r["sha1"] for r in kept if r["label"] == label)
+            for split, frac in (("test", test_frac), ("val", val_frac)):
+                spare = [m for m in members if splits[m] == "train"]
+                if frac > 0 and len(spare) > 1 and not any(splits[m] == split for m in members):
+                    splits[spare[0]] = split
+        return splits
     splits = {}
     for label, name in enumerate(classes):
         members = sorted(r["sha1"] for r in kept if r["label"] == label)

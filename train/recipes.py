@@ -1,10 +1,11 @@
 """Training recipes: TOML files of `train` options (recipes/*.toml), read, checked and keyed.
 
 A recipe sets the defaults of `python -m train.dog_emotion train` (`add_train_options` below is
-that command's whole set of options); options given on the command line still win. `extends = "other.toml"` (relative to the recipe's folder) loads that recipe first,
-so a variant states only what differs from the one recipe it builds on. Every value is checked by
-the same argparse parser the command line goes through, so a recipe can hold nothing the command
-line would refuse.
+that command's whole set of options); options given on the command line still win. There is one
+layer: the command's own defaults are the shipped model's recipe (`train --help` shows them), and a
+recipe file states only what differs from them; no recipe builds on another, and a seed is the
+--seed option, not a file. Every value is checked by the same argparse parser the command line
+goes through, so a recipe can hold nothing the command line would refuse.
 """
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import tomllib
 from pathlib import Path
 
 from mobile_model import CONFIGS, SHIPPED
-from train.common import ARTIFACTS, REPO_ROOT, SHIPPED_RECIPE, ProjectError, at_least, device_name, fraction, real
+from train.common import ARTIFACTS, ProjectError, at_least, device_name, fraction, real
 from train.data import DEFAULT_DATA
+
+# the shipped model's teacher (recipes/teacher-large-distilled.toml trained it): the default --teacher
+SHIPPED_TEACHER = ("weights/teacher_large_distilled.pkl",)
+DEFAULT_BATCH = 64   # images per step; a data set smaller than one batch gets a smaller one (engine.fit_batch)
 
 # Options that are not part of a recipe (how this invocation was asked), and those that change
 # where or how fast a run goes but never what it computes: every other option must match for --resume.
@@ -45,10 +50,9 @@ def recipe_text(options: dict) -> str:
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items() if k not in NOT_RECIPE_OPTIONS)
 
 
-def read_recipe(path: Path, chain: tuple = ()) -> dict:
-    """A TOML recipe's options, each as (value, the file it came from); `extends` is resolved."""
-    if path.resolve() in chain:
-        raise RecipeError(f"recipe {path}: extends itself (" + " -> ".join(str(p) for p in chain + (path,)) + ")")
+def read_recipe(path: Path) -> dict:
+    """A TOML recipe's options as written. A recipe stands alone: what it does not set is the train
+    command's default, so reading one file (and `train --help`) tells everything a run did."""
     if path.exists() and not path.is_file():   # a folder, /dev/zero, a pipe: never read (it could hang or never end)
         raise RecipeError(f"recipe {path}: not a regular file")
     if path.is_file() and path.stat().st_size > MAX_RECIPE_BYTES:
@@ -62,24 +66,10 @@ def read_recipe(path: Path, chain: tuple = ()) -> dict:
         raise RecipeError(f"recipe {path}: not valid TOML ({e})") from None
     except RecursionError:
         raise RecipeError(f"recipe {path}: nested too deeply to be a recipe") from None
-    options = {}
     if "extends" in recipe:
-        base = recipe.pop("extends")
-        if not isinstance(base, str):
-            raise RecipeError(f"recipe {path}: 'extends' takes one recipe file name, not {base!r}")
-        options = read_recipe(path.parent / base, chain + (path.resolve(),))
-    options.update({key: (value, path) for key, value in recipe.items()})
-    return options
-
-
-def drawn_recipe(path: Path) -> Path:
-    """The recipe a file draws from: a file that only `extends` another and sets `seed` is a seed of
-    that one (recipes/mini14-final-s1.toml -> recipes/mini14-final.toml), so its runs are judged together."""
-    path = Path(path)
-    own = {key for key, (_, source) in read_recipe(path).items() if source == path}
-    with open(path, "rb") as f:   # read_recipe above has checked it is a small, valid TOML file
-        base = tomllib.load(f).get("extends")
-    return drawn_recipe(path.parent / base) if base and own <= {"seed"} else path
+        raise RecipeError(f"recipe {path}: 'extends' is gone, recipes stand alone on the train command's defaults: "
+                          f"copy the options of {recipe['extends']!r} that differ from `train --help` into this file")
+    return recipe
 
 
 def as_argv(key: str, value) -> list[str]:
@@ -96,7 +86,8 @@ def recipe_defaults(path: str | Path, options_parser: argparse.ArgumentParser) -
     type or outside its range is a RecipeError naming the file it came from."""
     defaults = vars(options_parser.parse_args([]))
     parsed = {}
-    for key, (value, source) in read_recipe(Path(path)).items():
+    source = Path(path)
+    for key, value in read_recipe(source).items():
         if key not in defaults or key in NOT_RECIPE_OPTIONS:
             known = sorted(k for k in defaults if k not in NOT_RECIPE_OPTIONS)
             raise RecipeError(f"recipe {source}: unknown option {key!r} (known: {', '.join(known)})")
@@ -124,25 +115,28 @@ def input_size(text: str) -> int:
 
 def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Every option of `train`: the subcommand's and the parser that checks a recipe's values."""
-    t.add_argument("--config", default=str(SHIPPED_RECIPE.relative_to(REPO_ROOT)),
-                   help="TOML recipe (recipes/*.toml) whose values become the defaults; options given on the "
-                        "command line win; '' for none, the bare defaults below (default: %(default)s, the shipped model's)")
+    t.add_argument("--config", default="",
+                   help="TOML recipe (recipes/*.toml) whose values replace the defaults below; options given on the "
+                        "command line win (default: none: the defaults below are the shipped model's recipe)")
     t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
     t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
     t.add_argument("--input-size", type=input_size, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
     t.add_argument("--branches", type=at_least(0, 8), default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
-    t.add_argument("--epochs", type=at_least(1), default=150, help="training epochs (default: %(default)s)")
-    t.add_argument("--batch-size", type=at_least(1), default=64, help="batch size (default: %(default)s)")
+    t.add_argument("--epochs", type=at_least(1), default=160, help="training epochs (default: %(default)s)")
+    t.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH, help="batch size; halved for a data set "
+                   "smaller than one batch (default: %(default)s)")
     t.add_argument("--lr", type=real(0, 10, low_open=True), default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
     t.add_argument("--weight-decay", type=real(0, 10), default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
     t.add_argument("--label-smoothing", type=real(0, 1, high_open=True), default=0.1, help="label smoothing (default: %(default)s)")
-    t.add_argument("--crop-scale", type=fraction, default=0.55, help="smallest area share of a random crop (default: %(default)s)")
-    t.add_argument("--erase-prob", type=fraction, default=0.0, help="share of images with one random box erased (default: %(default)s)")
+    t.add_argument("--crop-scale", type=fraction, default=0.25, help="smallest area share of a random crop (default: %(default)s)")
+    t.add_argument("--erase-prob", type=fraction, default=0.25, help="share of images with one random box erased (default: %(default)s)")
     t.add_argument("--mix-prob", type=fraction, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
     t.add_argument("--warmup-epochs", type=at_least(0), default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
     t.add_argument("--ema-decay", type=real(0, 1, high_open=True), default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
-    t.add_argument("--teacher", nargs="*", default=[], help="weights .pkl of models trained here from scratch to distil from; several = their ensemble (default: none)")
+    t.add_argument("--teacher", nargs="*", default=list(SHIPPED_TEACHER),
+                   help="weights .pkl of models trained here from scratch to distil from; several = their ensemble; "
+                        "`--teacher` alone: none (default: %(default)s; skipped with a NOTE when its classes are not the data's)")
     t.add_argument("--teacher-no-flip", action="store_true", help="teachers see the student's view only, not also its "
                                                                  "mirror image: half the teacher's cost (default: off)")
     t.add_argument("--teacher-views", type=at_least(0), default=0,
@@ -162,7 +156,7 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", default=str(ARTIFACTS / "cache"), help="decoded-image cache folder (default: %(default)s)")
     t.add_argument("--keep", default="final", choices=("final", "best"),
                    help="weights kept as dog_emotion.pkl: the EMA at the last epoch, or at the best-val epoch (default: %(default)s)")
-    t.add_argument("--train-on", default="train", choices=("train", "train+val"),
+    t.add_argument("--train-on", default="train+val", choices=("train", "train+val"),
                    help="splits that train; train+val for a final model whose epoch val does not pick (default: %(default)s)")
     t.add_argument("--no-test", action="store_true", help="do not evaluate the test split at the end (search runs: "
                                                           "test is read once per final candidate)")
@@ -174,25 +168,23 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def recipe_record(config: str) -> dict:
-    """What a run's recipe said when the run started: the file it is judged with (a seed file's
-    base) and its values. Kept in the run folder (recipe.json), so the run log describes the run
-    as it was, whatever later happens to the recipe file."""
-    if not config:
-        return {"recipe": "", "values": {}}
+    """What a run's recipe said when the run started: its file and its values, every option the
+    command line did not set (the file's, else the command's defaults). Kept in the run folder
+    (recipe.json), so the run log describes the run as it was, whatever later happens to the recipe
+    file or the defaults."""
     parser = add_train_options(argparse.ArgumentParser(exit_on_error=False))
-    return {"recipe": str(drawn_recipe(Path(config)).resolve()), "values": recipe_defaults(config, parser)}
+    values = vars(parser.parse_args([]))
+    if config:
+        values.update(recipe_defaults(config, parser))
+    values = {k: v for k, v in result_options(values).items() if k not in ("data", "seed")}   # where; the run's own
+    return {"recipe": str(Path(config).resolve()) if config else "", "values": values}
 
 
-def recipe_overrides(run_args: dict, recorded: dict | None = None) -> str:
+def recipe_overrides(run_args: dict, recorded: dict) -> str:
     """What a run changed on the command line against its recipe (seed aside), as the command line
     spells it: e.g. '--branches 1 --teacher-no-flip'. `recorded`: the recipe as the run saw it
-    (recipe_record); without it (runs from before the record) the recipe file as it is now."""
-    parser = add_train_options(argparse.ArgumentParser(exit_on_error=False))
-    base = vars(parser.parse_args([]))
-    if recorded is not None:
-        base.update(recorded["values"])
-    elif run_args.get("config"):
-        base.update(recipe_defaults(run_args["config"], parser))
+    (recipe_record)."""
+    base = recorded["values"]
     diffs = {k: v for k, v in result_options(run_args).items()
              if k not in ("seed", "data") and k in base and base[k] != v}   # data: where, not what
     return " ".join(" ".join(as_argv(k, v)) for k, v in sorted(diffs.items()))

@@ -23,7 +23,7 @@ from mobile_model import count_macs
 from train.checkpoint import load_weights, safe_load
 from train.common import REPO_ROOT, atomic_write, cpu_description, exclusive
 from train.data import DataError
-from train.recipes import drawn_recipe, recipe_key, recipe_overrides
+from train.recipes import recipe_key, recipe_overrides, recipe_record
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -141,13 +141,14 @@ def log_row(run_dir: str | Path, note: str = "") -> dict:
     a = m["args"]
     model, _ = load_weights(run_dir / "dog_emotion.pkl")
     recorded = read_recipe_record(run_dir)
-    if recorded is None and a.get("config") and not Path(a["config"]).is_file():
+    if recorded is None and a.get("config") and not Path(a["config"]).is_file():   # e.g. a seed file (they went)
         raise DataError(f"{run_dir}: its recipe {a['config']} is gone and the run (from before runs kept recipe.json) "
                         "has no record of it: restore the file to log the run")
-    recipe = Path(recorded["recipe"] if recorded else drawn_recipe(Path(a["config"])) if a.get("config") else "")
-    recipe = recipe.resolve() if str(recipe) not in ("", ".") else None   # a seed file: its base
+    if recorded is None:   # a run from before runs kept recipe.json: its recipe file as it is now
+        recorded = recipe_record(a.get("config", ""))
+    recipe = Path(recorded["recipe"]).resolve() if recorded["recipe"] else None
     return {"run": run_dir.resolve().name, "folder": folder_name(run_dir), "recipe": str(recipe.relative_to(REPO_ROOT)) if recipe and recipe.is_relative_to(REPO_ROOT)
-            else str(recipe or ""), "options": recipe_overrides(a, recorded),
+            else str(recipe or ""), "options": recipe_overrides(a, recorded), "recipe_values": recorded["values"],
             "model": a["model"], "seed": a["seed"], "teacher": [teacher_name(t) for t in a.get("teacher", [])],
             "train_on": a.get("train_on", "train"), "params": m["params"], "train_params": m["train_params"],
             "macs": count_macs(model),

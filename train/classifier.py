@@ -1,0 +1,82 @@
+"""One object, one call: `Classifier(path).predict(source)` labels photos with a weights file
+(`.pkl`, PyTorch) or an exported one (`.onnx` / `.ort`, onnxruntime), the way Ultralytics'
+`YOLO(path).predict(source)` does.
+
+    from train.classifier import Classifier
+    for row in Classifier("weights/dog_emotion.pkl").predict("photos/"):
+        print(row["file"], row["label"], row["probabilities"])
+
+`source`: an image file, a folder (searched recursively), a glob pattern, a PIL image, or a list of
+any of these. Each result is {"file", "label", "probabilities"} (calibrated: the temperature a
+weights file records is applied, as the export folds it), or {"file", "error"} for a file that
+cannot be read. Both kinds of file preprocess the same way (train.data.preprocess) and give the
+same probabilities to float rounding.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from train.checkpoint import load_weights
+from train.data import BadImage, DataError, expand_inputs, load_rgb, preprocess, storage_size
+
+
+class Classifier:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int = 1):
+        path = Path(path)
+        if path.suffix in (".onnx", ".ort"):
+            from export.runtimes import ort_session   # onnxruntime only when an exported file is used
+            session = ort_session(path, threads, ort_format=path.suffix == ".ort")
+            meta = session.get_modelmeta().custom_metadata_map
+            if "classes" not in meta or "preprocess" not in meta:
+                raise DataError(f"{path}: no class labels and preprocessing in its metadata (not a file of `make export`)")
+            self.classes = json.loads(meta["classes"])
+            self.input_size = int(json.loads(meta["preprocess"])["center_crop_2"])
+            name = session.get_inputs()[0].name
+            self._logits = lambda x: session.run(None, {name: x.numpy()})[0]
+        else:
+            model, ckpt = load_weights(path)
+            model.to(device)
+            self.classes, self.input_size = ckpt["classes"], model.config.input_size
+            temperature = (ckpt.get("calibration") or {}).get("temperature", 1.0)
+
+            @torch.no_grad()
+            def logits(x: torch.Tensor) -> np.ndarray:
+                return (model(x.to(device)) / temperature).float().cpu().numpy()
+            self._logits = logits
+        self.path = path
+
+    def label(self, img: Image.Image, name: str = "") -> dict:
+        """Label and probabilities of one RGB PIL image."""
+        logits = self._logits(preprocess(img.convert("RGB"), self.input_size))[0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        return {"file": name, "label": self.classes[int(probs.argmax())],
+                "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, probs)}}
+
+    def predict(self, source) -> list[dict]:
+        """Results for every image in `source`, in order; a file that cannot be read is named with
+        its error, and the others are still labelled."""
+        items = source if isinstance(source, (list, tuple)) else [source]
+        rows = []
+        for item in items:
+            if isinstance(item, Image.Image):
+                rows.append(self.label(item, getattr(item, "filename", "") or "<image>"))
+                continue
+            paths = expand_inputs([str(item)])
+            if not paths:
+                raise DataError(f"{item}: no image files found")
+            for path in paths:
+                rows.append(self.label_file(path))
+        return rows
+
+    def label_file(self, path: Path) -> dict:
+        try:
+            img = load_rgb(path, min_side=storage_size(self.input_size))
+        except BadImage as e:
+            return {"file": str(path), "error": str(e)}
+        return self.label(img, str(path))
