@@ -92,11 +92,12 @@ def test_log_rows_never_replace_another_folders_run_and_names_are_escaped(finish
     results.main(["--log", str(log), "add", "."])                 # '.' is the folder's own name, not ''
     assert [r["run"] for r in runlog.read_log(log)] == ["train"]
     row = runlog.read_log(log)[0]
-    row["run"] = "a|b <!-- end: run-table -->"
+    row["run"] = "a|b <!-- end: size-table -->"
     log.write_text(json.dumps(row) + "\n")
     page = tmp_path / "results.md"
-    page.write_text("<!-- generated: size-table -->\n<!-- end: size-table -->\n<!-- generated: run-table -->\n<!-- end: run-table -->\n")
+    page.write_text("<!-- generated: size-table -->\n<!-- end: size-table -->\n")
     for _ in range(2):   # rendering twice gives the same page: the name cannot end the block early
-        results.render(log, page, tmp_path / "f.png")
+        results.render(log, page, tmp_path / "f.png", tmp_path / "runs.md")
     text = page.read_text()
-    assert text.count("<!-- end: run-table -->") == 1 and "a\\|b &lt;!-- end" in text
+    assert text.count("<!-- end: size-table -->") == 1
+    assert "a\\|b &lt;!-- end" in (tmp_path / "runs.md").read_text()

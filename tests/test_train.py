@@ -305,9 +305,8 @@ def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path)
     assert [r["run"] for r in rows] == ["s0", "s1"] and [r["final_val"] for r in rows] == finals
     assert rows[0]["options"].startswith("--batch-size 8 --branches 1") and rows[0]["macs"] > 0
     page, figure = tmp_path / "results.md", tmp_path / "frontier.png"
-    page.write_text("# R\n<!-- generated: size-table -->\nold\n<!-- end: size-table -->\ntext kept\n"
-                    "<!-- generated: run-table -->\n<!-- end: run-table -->\n")
-    results.render(log, page, figure)
+    page.write_text("# R\n<!-- generated: size-table -->\nold\n<!-- end: size-table -->\ntext kept\n")
+    results.render(log, page, figure, tmp_path / "runs.md")
     text = page.read_text()
     mean = sum(finals) / 2
     sd = abs(finals[0] - finals[1]) / 2 ** 0.5
@@ -315,9 +314,10 @@ def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path)
     size_rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| recipe |")]
     assert len(size_rows) == 1 and f"{mean:.2f} +- {sd:.2f}" in size_rows[0] and "| 0, 1 |" in size_rows[0]
     assert "old" not in text and "text kept" in text and figure.stat().st_size > 0
+    assert "| s0 | 0 |" in (tmp_path / "runs.md").read_text()
     page.write_text("no markers")
     with pytest.raises(DataError, match="results.md: no '<!-- generated: size-table -->'"):
-        results.render(log, page, figure)
+        results.render(log, page, figure, tmp_path / "runs.md")
 
 
 def test_the_epoch_line_gives_the_whole_runs_time_left():

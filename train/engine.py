@@ -412,11 +412,9 @@ def train_job(args) -> dict:
         raise DataError(f"{args.data}: {len(classes)} class folder(s) ({', '.join(classes[:3])}...); "
                         "a classifier here takes 2 to 1000")
     config = replace(config, num_classes=len(classes))   # the data's classes, not a fixed four
-    teachers = load_teachers(args, classes, procs.device, log)
-    bank = None
+    teachers, bank = load_teachers(args, classes, procs.device, log), None
     if args.teacher_views and teachers:   # the teachers' outputs read from a bank, not computed each step
-        bank = bank_for_run(args, data, [t.cpu() for t in teachers], log)
-        teachers = []
+        bank, teachers = bank_for_run(args, data, [t.cpu() for t in teachers], log), []
     fit_batch(args, len(data["train"]), procs.world, log)
     run = build_run(args, config, procs)
     global_batch = args.batch_size * procs.world

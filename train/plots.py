@@ -94,22 +94,23 @@ def plot_runs(runs: dict[str, list[dict]], path: str | Path, title: str, window:
 
 
 def plot_frontier(points: list[dict], path: str | Path) -> Path:
-    """Val accuracy against inference parameters, one point per recipe at its seeds' mean, a bar
-    from its lowest to its highest seed: where the spread is wider than the gap, so is the doubt."""
+    """Accuracy on photos the recipe never trained on against inference parameters, one point per
+    recipe at its seeds' mean (test where read, else held-out val), a bar from its lowest to its
+    highest seed: where the spread is wider than the gap, so is the doubt."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for final in (False, True):
-        pts = [p for p in points if p["final"] == final]
+    for kind, label in (("test", "test accuracy"), ("val", "held-out val (train-only runs, final weights)")):
+        pts = [p for p in points if p["kind"] == kind]
         if not pts:
             continue
         x, y = np.array([p["params"] for p in pts]), np.array([p["mean"] for p in pts])
         err = np.array([[p["mean"] - p["lo"] for p in pts], [p["hi"] - p["mean"] for p in pts]])
-        ax.errorbar(x, y, yerr=err, fmt="o" if final else "s", capsize=3, alpha=0.9 if final else 0.55,
-                    label="final weights (protocol)" if final else "best-val epoch (runs before the protocol)")
+        ax.errorbar(x, y, yerr=err, fmt="o" if kind == "test" else "s", capsize=3, alpha=0.9 if kind == "test" else 0.55,
+                    label=label)
     for p in sorted(points, key=lambda p: -p["mean"])[:8]:  # the best few named; the rest are in the table
         ax.annotate(p["name"], (p["params"], p["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("inference parameters (BatchNorm folded)")
-    ax.set_ylabel("val accuracy (%), mean over seeds; bar: lowest to highest seed")
+    ax.set_ylabel("accuracy on unseen photos (%), mean over seeds;\nbar: lowest to highest seed")
     ax.axhline(70, color="grey", linestyle=":", linewidth=1)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
