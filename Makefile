@@ -149,7 +149,7 @@ web/node_modules/.package-lock.json: web/package-lock.json
 	cd web && npm ci --no-audit --no-fund
 demo: $(STAMP) web/node_modules/.package-lock.json artifacts/export/dog_emotion.onnx ## the model in the browser (onnxruntime-web): http://localhost:8000/ (HOST=0.0.0.0 for a phone on the network)
 	mkdir -p web/models
-	cp artifacts/export/dog_emotion.onnx artifacts/export/dog_emotion.int8.onnx artifacts/export/dog_emotion.meta.json web/models/
+	for f in $$($(PY) -m export.formats --web-files); do rm -f web/models/$$f; if [ -f artifacts/export/$$f ]; then cp artifacts/export/$$f web/models/; fi; done
 	$(PY) web/serve.py --host $(HOST) --port $(PORT)
 
 mnist: $(STAMP) ## from-scratch 784-128-10 MNIST network (both inits) -> artifacts/mnist/

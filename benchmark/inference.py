@@ -21,16 +21,15 @@ from train.common import accuracy
 from train.data import DataError
 from train.plots import plt, save_figure
 
-ROW_FORMATS = ("eager", "torchscript", "onnx_fp32", "ort_fp32", "onnx_int8", "pte_fp32", "pte_int8", "tflite_fp32",
-               "tflite_int8")
+ROW_FORMATS = ("eager", *FORMATS)   # eager PyTorch, then every format of the registry (export/formats.py)
 COLUMNS = {"format": "format", "threads": "threads", "size_kb": "size (kB)", "test_acc": "test acc (%)",
            "p50_ms": "p50 (ms)", "p90_ms": "p90 (ms)", "p99_ms": "p99 (ms)", "batch32_img_per_s": "batch-32 (img/s)",
            "p50_vs_eager": "p50 vs eager", "batch32_vs_eager": "batch-32 vs eager"}
 
 
-# the export refuses to write an INT8 program that fails its accuracy check, and writes no .tflite
-# file without the LiteRT converter (make venv-litert): no row then
-OPTIONAL_FORMATS = ("pte_int8", "tflite_fp32", "tflite_int8")
+# the export refuses to write an INT8 program that fails its accuracy check, and writes no file whose
+# environment is missing (.tflite without make venv-litert): no row then
+OPTIONAL_FORMATS = tuple(f.name for f in FORMATS.values() if f.optional)
 
 
 def check_exports(export_dir: Path, weights_sha256: str) -> list[str]:
@@ -41,14 +40,14 @@ def check_exports(export_dir: Path, weights_sha256: str) -> list[str]:
         raise DataError(f"{export_dir}: exported from other weights (sha256 {str(digest)[:12]}, these are "
                         f"{weights_sha256[:12]}); timing its files against this eager model would compare two models: "
                         "export these weights (`make export WEIGHTS=...`) or bench the weights it came from")
-    missing = [f for f in ROW_FORMATS[1:] if not (export_dir / FORMATS[f]).is_file() and f not in OPTIONAL_FORMATS]
+    missing = [f for f in ROW_FORMATS[1:] if not (export_dir / FORMATS[f].file).is_file() and f not in OPTIONAL_FORMATS]
     if missing:
         raise DataError(f"{export_dir}: no exported {', '.join(missing)} "
-                                f"({', '.join(FORMATS[f] for f in missing)}); run `make export` first")
+                                f"({', '.join(FORMATS[f].file for f in missing)}); run `make export` first")
     for f in OPTIONAL_FORMATS:
-        if not (export_dir / FORMATS[f]).is_file():
-            print(f"  no {FORMATS[f]} (the export did not write or keep it: parity.md says why); no row for {f}")
-    return [f for f in ROW_FORMATS if f == "eager" or (export_dir / FORMATS[f]).is_file()]
+        if not (export_dir / FORMATS[f].file).is_file():
+            print(f"  no {FORMATS[f].file} (the export did not write or keep it: parity.md says why); no row for {f}")
+    return [f for f in ROW_FORMATS if f == "eager" or (export_dir / FORMATS[f].file).is_file()]
 
 
 def bench_inference(model, export_dir: Path, weights_sha256: str, test, threads_list, quick: bool) -> list[dict]:
@@ -63,7 +62,7 @@ def bench_inference(model, export_dir: Path, weights_sha256: str, test, threads_
         torch.set_num_threads(threads)
         eager = None
         for fmt in formats:
-            path = export_dir / FORMATS[fmt] if fmt != "eager" else None
+            path = export_dir / FORMATS[fmt].file if fmt != "eager" else None
             run = make_runner(fmt, path, model=model, threads=threads)
             lat = time_calls(lambda: run(x1), warmup, runs) * 1000
             tp = time_calls(lambda: run(x32), max(2, warmup // 5), tp_runs)

@@ -39,7 +39,8 @@ from export.calibration import CalibrationError, calibration_report, fit_tempera
 from export import model_card
 from export.executorch_export import export_pte
 from export.litert_export import RANGES as LITERT_RANGES
-from export.runtimes import FORMATS, METADATA_SIDECAR, batched_logits, make_runner
+from export.formats import FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR
+from export.runtimes import batched_logits, make_runner
 from train.checkpoint import load_for_export, load_weights, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, at_least, command_errors, cpu_description,
                           markdown_table, save_json, save_text, save_torch, temp_path)
@@ -179,7 +180,7 @@ def quantize_int8(prepared: Path, tmp: Path, reader: ImageReader, setting: Quant
 
 def parity_row(fmt: str, path: Path | None, logits: np.ndarray, eager: np.ndarray, labels: np.ndarray) -> dict:
     """One row of the parity table; `path` is the file as written (under its temporary name)."""
-    return {"format": fmt, "file": FORMATS[fmt] if path else "-",
+    return {"format": fmt, "file": FORMATS[fmt].file if path else "-",
             "size (kB)": round(path.stat().st_size / 1000, 1) if path else "-",  # kB = 1,000 bytes everywhere
             "max abs logit diff": float(np.abs(logits - eager).max()),
             "top-1 agreement (%)": round(accuracy(logits, eager.argmax(1)), 2),
@@ -247,10 +248,10 @@ def refusal(row: dict, precision: str, fp32_accuracy: float) -> str:
     return ""
 
 
-def keep(job: ExportJob, fmt: str, tmp: Path, precision: str, row: dict | None = None) -> dict:
+def keep(job: ExportJob, fmt: str, tmp: Path, row: dict | None = None) -> dict:
     """Rename tmp into place if it passes the rule. A failed FP32 file stops the export (it would be
     a wrong model); a failed INT8 file is left out with a warning (the FP32 files still stand)."""
-    row = row or job.check(fmt, tmp)
+    row, precision = row or job.check(fmt, tmp), FORMATS[fmt].precision
     reason = refusal(row, precision, round(accuracy(job.eager, job.test.labels.numpy()), 2))
     if precision == INT8:
         row["kept"] = "no" if reason else "yes"
@@ -259,7 +260,7 @@ def keep(job: ExportJob, fmt: str, tmp: Path, precision: str, row: dict | None =
     if reason:
         print(f"WARNING: {fmt} not written: {reason}")
     else:
-        os.replace(tmp, job.out / FORMATS[fmt])
+        os.replace(tmp, job.out / FORMATS[fmt].file)
     return row
 
 
@@ -299,8 +300,8 @@ def write_tflite_int8(job: ExportJob, tmp: Path) -> dict:
     save_torch(job.calib, calib)
     candidates = []
     for ranges in LITERT_RANGES:
-        path = job.temp(FORMATS["tflite_int8"])
-        run_litert(["int8", "--tflite", str(job.out / FORMATS["tflite_fp32"]), "--calib", str(calib),
+        path = job.temp(FORMATS["tflite_int8"].file)
+        run_litert(["int8", "--tflite", str(job.out / FORMATS["tflite_fp32"].file), "--calib", str(calib),
                     "--ranges", ranges, "--out", str(path)], "INT8 quantization")
         fidelity = job.val_fidelity("tflite_int8", path)
         candidates.append(({"int8 setting": f"ai-edge-quantizer static_wi8_ai8, {ranges} ranges", **fidelity}, path))
@@ -311,32 +312,16 @@ def write_tflite_int8(job: ExportJob, tmp: Path) -> dict:
     return chosen
 
 
-# Every format but INT8 ONNX (searched below), in the order written: (format, writer, precision,
-# columns of its parity row). A writer fills its temporary file, puts what the report needs in
-# job.notes, and returns None, or, where it chose among candidates (the INT8 .tflite), the
-# parity columns of its choice.
-FP32, INT8 = "FP32", "INT8"
-EXPORTERS = [
-    ("torchscript", write_torchscript, FP32, {}),
-    ("onnx_fp32", lambda job, tmp: export_onnx(job.model, tmp, job.meta), FP32, {}),
-    ("ort_fp32", lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_fp32"], tmp), FP32, {}),
-    ("pte_fp32", write_pte_fp32, FP32, {}),
-    ("pte_int8", write_pte_int8, INT8, {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}),
-    ("tflite_fp32", write_tflite_fp32, FP32, {}),
-    ("tflite_int8", write_tflite_int8, INT8, {}),
-]
-
-
-def search_onnx_int8(job: ExportJob) -> list[dict]:
+def search_onnx_int8(job: ExportJob, fmt: str) -> list[dict]:
     """Every INT8 setting measured; of the VNNI-independent ones, the one most faithful to FP32 on
     val is the candidate (the most val images with FP32's label, then the smallest mean logit
     difference; never chosen on test: val accuracy above FP32's own is noise, not skill), and it is
     kept if it passes the INT8 rule."""
     rows = []
     prepared, reader = job.temp("int8-prepared.onnx"), ImageReader(job.calib, job.size)
-    quant_pre_process(str(job.out / FORMATS["onnx_fp32"]), str(prepared), skip_symbolic_shape=True)
+    quant_pre_process(str(job.out / FORMATS["onnx_fp32"].file), str(prepared), skip_symbolic_shape=True)
     for setting in QUANT_SETTINGS:
-        tmp = job.temp(FORMATS["onnx_int8"])
+        tmp = job.temp(FORMATS["onnx_int8"].file)
         quantize_int8(prepared, tmp, reader, setting, job.meta)
         r = job.check("onnx_int8", tmp)
         r["int8 setting"] = setting.name
@@ -347,8 +332,33 @@ def search_onnx_int8(job: ExportJob) -> list[dict]:
         print(f"int8 {setting.name}: val agreement {r['val agreement (%)']}% (accuracy {r['val accuracy (%)']}%), "
               f"test accuracy {r['accuracy (%)']}%, agreement {r['top-1 agreement (%)']}%")
     best, best_tmp, _ = max((c for c in rows if c[2]), key=lambda c: int8_fidelity(c[0]))
-    keep(job, "onnx_int8", best_tmp, INT8, best)
+    keep(job, fmt, best_tmp, best)
     return [r for r, _, _ in rows]
+
+
+def one_file(write, columns: dict | None = None):
+    """The writer of a format with one candidate file: `write(job, tmp)` fills the temporary file,
+    puts what the report needs in job.notes and returns None, or, where it chose among candidates
+    (the INT8 .tflite), the parity columns of its choice; the file is then checked and kept by the rule."""
+    def writer(job: ExportJob, fmt: str) -> list[dict]:
+        tmp = job.temp(FORMATS[fmt].file)
+        chosen = write(job, tmp) or {}
+        return [keep(job, fmt, tmp, {**job.check(fmt, tmp), **(columns or {}), **chosen})]
+    return writer
+
+
+# The writer of every row of the formats registry (export/formats.py), called in the table's order:
+# each returns the parity rows of what it measured, its file kept or refused by the rule.
+WRITERS = {
+    "torchscript": one_file(write_torchscript),
+    "onnx_fp32": one_file(lambda job, tmp: export_onnx(job.model, tmp, job.meta)),
+    "ort_fp32": one_file(lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_fp32"].file, tmp)),
+    "onnx_int8": search_onnx_int8,
+    "pte_fp32": one_file(write_pte_fp32),
+    "pte_int8": one_file(write_pte_int8, {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}),
+    "tflite_fp32": one_file(write_tflite_fp32),
+    "tflite_int8": one_file(write_tflite_int8),
+}
 
 
 def calibrate(model, ckpt: dict, val: DecodedSplit, test: DecodedSplit, weights: str) -> tuple[torch.nn.Module, dict]:
@@ -467,14 +477,11 @@ def export_all(job: ExportJob) -> tuple[list[dict], dict]:
     if not litert:
         print(f"NOTE: no .tflite files: {LITERT_MISSING}")
     try:
-        for fmt, write, precision, columns in EXPORTERS:
-            if fmt.startswith("tflite") and not litert:
+        for f in FORMAT_TABLE:
+            if f.environment == LITERT_ENV and not litert:
                 continue
-            tmp = job.temp(FORMATS[fmt])
-            chosen = write(job, tmp) or {}
-            rows.append(keep(job, fmt, tmp, precision, {**job.check(fmt, tmp), **columns, **chosen}))
+            rows += WRITERS[f.name](job, f.name)
         save_json(job.meta, out / METADATA_SIDECAR)
-        rows += search_onnx_int8(job)
     finally:  # whatever failed or was not kept: no temp file stays behind
         for t in job.temps:
             t.unlink(missing_ok=True)
@@ -510,7 +517,7 @@ def main(argv=None) -> None:
                                 not args.no_calibrate)
     print("\n" + (out / "parity.md").read_text().split("\n\n")[-1])
     print(f"operators left outside XNNPACK in the .pte programs (portable kernels): {info['pte_ops_outside_xnnpack']}")
-    written = [f for f in FORMATS.values() if (out / f).is_file()]
+    written = [f.file for f in FORMAT_TABLE if (out / f.file).is_file()]
     print(f"wrote {', '.join(written)}, {METADATA_SIDECAR}, parity.md, parity.json, {MODEL_CARD} to {out} "
           f"(one set; `make model-card` copies the card to the project's {MODEL_CARD} when these are the shipped weights)")
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from export.runtimes import FORMATS, METADATA_SIDECAR, exported_from
+from export.formats import FORMATS, METADATA_SIDECAR
+from export.runtimes import exported_from
 from mobile_model import CONFIGS, count_macs
 from train.common import (ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, command_errors, markdown_table,
                           percent, save_text)
@@ -205,6 +206,10 @@ NLL {before['nll']:.3f} -> {after['nll']:.3f}, expected calibration error ({len(
 {caveat}"""
 
 
+def which_file(kept: list[dict]) -> str:
+    return "".join(f"- `{r['file']}`: {FORMATS[r['format']].use}\n" for r in kept)
+
+
 def formats_section(rows: list[dict], info: dict, speed: list[dict], speed_source: str) -> str:
     kept = [r for r in rows if r["format"] != "eager" and r.get("kept", "yes") == "yes"]
     formats = [{"format": r["format"], "file": r["file"], "size (kB)": r["size (kB)"],
@@ -220,11 +225,11 @@ logit within {info['fp32_atol']:g}; INT8: at most 1 point of accuracy lost). CPU
 Speed ({speed_source}):
 
 {markdown_table(speed) if speed else ''}
-Which file goes where: `.tflite` for LiteRT on Android (directly or through MediaPipe; batch 1,
-the INT8 file takes and gives int8 with the scale and zero point stored in it), `.onnx` / `.ort`
-for onnxruntime (Android, iOS, desktop, the browser demo), `.pte` for ExecuTorch (XNNPACK),
-`.int8.*` where size matters most, `.pt` for TorchScript apps; `{FORMATS['onnx_fp32']}` and
-`{METADATA_SIDECAR}` for the web (docs/deployment.md). LiteRT in this export: {info['tflite']}.
+Which file goes where (`python -m export.formats` lists every format):
+
+{which_file(kept)}
+`{METADATA_SIDECAR}` holds the class names and the preprocessing as JSON for the formats without
+metadata and for the web (docs/deployment.md). LiteRT in this export: {info['tflite']}.
 """
 
 

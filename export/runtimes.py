@@ -1,5 +1,6 @@
-"""The exported formats and how to run each: one place that export (for parity) and benchmark
-(for timing) both use, so the two always run a file the same way.
+"""How to run each exported format (its row in export/formats.py names the runtime): one place
+that export (for parity), the benchmark (for timing) and the tests use, so they always run a file
+the same way.
 
 A runner maps a float32 (B, 3, R, R) numpy batch to numpy logits (B, C).
 """
@@ -12,13 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from export.formats import FORMATS, METADATA_SIDECAR
 from train.data import DataError, eval_batches
 
-# file name of every exported format, under the export folder
-FORMATS = {"torchscript": "dog_emotion.pt", "onnx_fp32": "dog_emotion.onnx", "ort_fp32": "dog_emotion.ort",
-           "onnx_int8": "dog_emotion.int8.onnx", "pte_fp32": "dog_emotion.pte", "pte_int8": "dog_emotion.int8.pte",
-           "tflite_fp32": "dog_emotion.tflite", "tflite_int8": "dog_emotion.int8.tflite"}
-METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte files, the web demo and bench
 BATCH = 32  # the largest batch every format takes (the .pte programs are exported for 1..32)
 
 
@@ -43,30 +40,35 @@ def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) ->
 
 
 def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module | None = None, threads: int = 1):
-    """The runner of one format: "eager" runs `model`; the others load `path` (onnx_*/ort_* in
-    onnxruntime, pte_* in ExecuTorch's runtime, tflite_* in ai-edge-litert's interpreter;
-    `threads` applies to onnxruntime and LiteRT)."""
+    """The runner of one format: "eager" runs `model`; the others load `path` in their registry
+    row's runtime (export/formats.py; `threads` applies to onnxruntime and LiteRT)."""
     if fmt == "eager":
         return lambda x: _torch_run(model, x)
-    if fmt == "torchscript":
-        ts = torch.jit.load(str(path))
-        return lambda x: _torch_run(ts, x)
-    if fmt.startswith("pte"):
-        from executorch.runtime import Runtime
-        try:
-            method = Runtime.get().load_program(str(path)).load_method("forward")
-        except Exception as e:  # noqa: BLE001 - the runtime raises plain RuntimeError/ValueError
-            raise DataError(f"{path}: not a loadable ExecuTorch program ({e})") from None
-        # the runtime's outputs alias its own buffers: copy each one before the next execute
-        return lambda x: method.execute([torch.from_numpy(x)])[0].clone().numpy()
-    if fmt.startswith("tflite"):
-        return _litert_runner(path, threads)
-    sess = ort_session(path, threads, ort_format=fmt.startswith("ort"))
+    return RUNNERS[FORMATS[fmt].runtime](fmt, path, threads)
+
+
+def _torchscript_runner(fmt: str, path, threads: int):
+    ts = torch.jit.load(str(path))
+    return lambda x: _torch_run(ts, x)
+
+
+def _executorch_runner(fmt: str, path, threads: int):
+    from executorch.runtime import Runtime
+    try:
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+    except Exception as e:  # noqa: BLE001 - the runtime raises plain RuntimeError/ValueError
+        raise DataError(f"{path}: not a loadable ExecuTorch program ({e})") from None
+    # the runtime's outputs alias its own buffers: copy each one before the next execute
+    return lambda x: method.execute([torch.from_numpy(x)])[0].clone().numpy()
+
+
+def _onnxruntime_runner(fmt: str, path, threads: int):
+    sess = ort_session(path, threads, ort_format=Path(path).suffix == ".ort" or fmt.startswith("ort"))
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 
 
-def _litert_runner(path, threads: int):
+def _litert_runner(fmt: str, path, threads: int):
     from ai_edge_litert.interpreter import Interpreter
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
@@ -81,6 +83,10 @@ def _litert_runner(path, threads: int):
         return _from_tensor(interpreter.get_tensor(out["index"]), out)
     # the .tflite files have a fixed batch of 1 (export/litert_export.py): a batch is one call per image
     return lambda x: np.concatenate([one(x[i:i + 1]) for i in range(len(x))])
+
+
+RUNNERS = {"torch": _torchscript_runner, "onnxruntime": _onnxruntime_runner, "executorch": _executorch_runner,
+           "litert": _litert_runner}   # a registry row's runtime -> its runner
 
 
 def _to_tensor(x: np.ndarray, detail: dict) -> np.ndarray:

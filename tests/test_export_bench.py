@@ -57,7 +57,7 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
         x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
         ref = make_runner("eager", model=model)(x)
         for fmt in fp32_formats:
-            got = make_runner(fmt, out / FORMATS[fmt])(x)
+            got = make_runner(fmt, out / FORMATS[fmt].file)(x)
             assert got.shape == (batch, 4)
             np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
     meta = {p.key: p.value for p in onnx.load(str(out / "dog_emotion.onnx")).metadata_props}
@@ -143,14 +143,14 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     bench.main(["--export-dir", str(out), "--out", str(tmp_path / "b"), "--quick", "--threads", "1", "--train-epochs", "1"])
     saved = json.loads((tmp_path / "b" / "bench.json").read_text())
     rows = {r["format"]: r for r in saved["inference"]}
-    assert list(rows) == [f for f in inference.ROW_FORMATS if f == "eager" or (out / FORMATS[f]).is_file()]
+    assert list(rows) == [f for f in inference.ROW_FORMATS if f == "eager" or (out / FORMATS[f].file).is_file()]
     assert set(inference.ROW_FORMATS) - set(rows) <= set(inference.OPTIONAL_FORMATS)
     # the benchmark runs the same files as the export's parity check: the same accuracy on test
     parity = {r["format"]: r["accuracy (%)"] for r in export_rows if r.get("kept", "yes") == "yes"}
     for fmt, r in rows.items():
         assert r["test_acc"] == pytest.approx(parity[fmt], abs=0.01), fmt
         if fmt != "eager":
-            assert r["size_kb"] == pytest.approx((out / FORMATS[fmt]).stat().st_size / 1000, abs=0.1), fmt
+            assert r["size_kb"] == pytest.approx((out / FORMATS[fmt].file).stat().st_size / 1000, abs=0.1), fmt
     assert rows["eager"]["p50_vs_eager"] == 1.0 and rows["onnx_fp32"]["p50_vs_eager"] == pytest.approx(
         rows["onnx_fp32"]["p50_ms"] / rows["eager"]["p50_ms"])
     # every key snake_case; units only in the Markdown titles
@@ -271,15 +271,15 @@ def test_pte_and_tflite_of_a_small_generated_model_and_a_failed_check(nano_weigh
         assert "tflite_fp32" not in by_fmt and "make venv-litert" in info["tflite"]
     for fmt in fp32:   # kept: it matches eager
         assert by_fmt[fmt]["max abs logit diff"] <= 1e-4 and by_fmt[fmt]["top-1 agreement (%)"] == 100
-        assert (tmp_path / "out" / FORMATS[fmt]).is_file()
+        assert (tmp_path / "out" / FORMATS[fmt].file).is_file()
     for fmt in int8:   # refused by the rule: not written
-        assert by_fmt[fmt]["kept"] == "no" and not (tmp_path / "out" / FORMATS[fmt]).exists()
+        assert by_fmt[fmt]["kept"] == "no" and not (tmp_path / "out" / FORMATS[fmt].file).exists()
     assert not list((tmp_path / "out").glob(".*.tmp"))
     # the FP32 programs run through their runtimes like eager, batch 1 and batch 32
     for batch in (1, 32):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
         for fmt in fp32:
-            np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt])(x),
+            np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt].file)(x),
                                        make_runner("eager", model=load_weights(nano_weights)[0])(x), atol=1e-4)
     (tmp_path / "bad.pte").write_bytes(b"not a program")
     with pytest.raises(DataError, match="bad.pte: not a loadable ExecuTorch program"):
@@ -331,7 +331,7 @@ def test_export_without_flip_averaging(nano_weights, split_root, tmp_path, monke
     ref = make_runner("eager", model=single)(x)
     assert np.abs(ref - make_runner("eager", model=averaged)(x)).max() > 1e-3
     for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
-        np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt])(x), ref, atol=1e-4)
+        np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt].file)(x), ref, atol=1e-4)
 
 
 def readme_snippets() -> list[str]:

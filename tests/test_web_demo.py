@@ -78,7 +78,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def test_wasm_runtime_matches_python_onnxruntime_on_the_same_tensor(page, exported, real_data):
     out, _, _ = exported
     model, ckpt = load_weights(SHIPPED_WEIGHTS)
-    runs = {key: make_runner(fmt, out / FORMATS[fmt]) for key, fmt in (("fp32", "onnx_fp32"), ("int8", "onnx_int8"))}
+    runs = {key: make_runner(fmt, out / FORMATS[fmt].file) for key, fmt in (("fp32", "onnx_fp32"), ("int8", "onnx_int8"))}
     photos = [p for c in ckpt["classes"] for p in sorted((real_data / "test" / c).iterdir())[:6]]   # 24, all classes
     worst = {"fp32": 0.0, "int8": 0.0}
     for path in photos:

@@ -27,8 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PAGE_FILES = {"index.html", "app.js", "style.css",
-              "models/dog_emotion.onnx", "models/dog_emotion.int8.onnx", "models/dog_emotion.meta.json"}
+sys.path.insert(0, str(HERE.parent))   # the project's formats registry (standard library only)
+from export.formats import METADATA_SIDECAR, web_files  # noqa: E402
+
+PAGE_FILES = {"index.html", "app.js", "style.css", *(f"models/{name}" for name in web_files())}
 RUNTIME_DIR = "node_modules/onnxruntime-web/dist/"   # the page asks it for ort-wasm-*.{mjs,wasm}
 RUNTIME_SUFFIXES = (".js", ".mjs", ".wasm")
 MAX_WORKERS = 16
@@ -159,7 +161,7 @@ def main(argv=None) -> None:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for other devices (default: %(default)s)")
     ap.add_argument("--port", type=port_number, default=8000, help="port, 0-65535; 0 picks a free one (default: %(default)s)")
     args = ap.parse_args(argv)
-    missing = [p for p in ("models/dog_emotion.onnx", "models/dog_emotion.meta.json", "node_modules/onnxruntime-web")
+    missing = [p for p in ("models/dog_emotion.onnx", f"models/{METADATA_SIDECAR}", "node_modules/onnxruntime-web")
                if not (HERE / p).exists()]
     if missing:
         raise SystemExit(f"error: {', '.join(missing)} missing in {HERE}; run `make demo`")

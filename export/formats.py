@@ -1,0 +1,64 @@
+"""The formats `make export` writes: one table, one row per format (Ultralytics' export_formats()).
+Export (its writer per row: export.export.WRITERS), the benchmark (a row per format), the runners
+(export.runtimes.make_runner, by `runtime`), the model card (`use`), the browser demo (`web`) and
+the Makefile (`python -m export.formats --web-files`) all read it. Adding a format is one row here
+plus its writer and, for a new runtime, its runner. Standard library only: the demo server imports it.
+
+    python -m export.formats               # the table
+    python -m export.formats --web-files   # the files the browser demo serves, one a line
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+FP32, INT8 = "fp32", "int8"
+LITERT_ENV = ".venv-litert (make venv-litert)"   # the LiteRT converter's own environment
+METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte/.tflite files, the web demo and bench
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str            # the key in parity and bench rows
+    file: str            # its file in the export folder
+    precision: str       # FP32 (within 1e-4 of eager) or INT8 (at most 1 point under FP32)
+    runtime: str         # what runs it: torch, onnxruntime, executorch, litert
+    use: str             # where it goes (the model card, docs/deployment.md)
+    environment: str = ""   # what the export needs beyond the main environment
+    optional: bool = False  # an export may lack it (an INT8 file refused by the rule, or the environment missing)
+    web: bool = False       # served by the browser demo
+
+
+FORMAT_TABLE = (
+    Format("torchscript", "dog_emotion.pt", FP32, "torch", "apps that still load TorchScript (deprecated in torch 2.14)"),
+    Format("onnx_fp32", "dog_emotion.onnx", FP32, "onnxruntime", "onnxruntime on servers, desktops and the browser demo", web=True),
+    Format("ort_fp32", "dog_emotion.ort", FP32, "onnxruntime", "onnxruntime Mobile in an Android or iOS app"),
+    Format("onnx_int8", "dog_emotion.int8.onnx", INT8, "onnxruntime", "onnxruntime where size matters most (INT8)", optional=True, web=True),
+    Format("pte_fp32", "dog_emotion.pte", FP32, "executorch", "the ExecuTorch runtime (XNNPACK) in an Android or iOS app"),
+    Format("pte_int8", "dog_emotion.int8.pte", INT8, "executorch", "ExecuTorch (XNNPACK) where size matters most (INT8)", optional=True),
+    Format("tflite_fp32", "dog_emotion.tflite", FP32, "litert", "LiteRT on Android, directly or through MediaPipe (batch 1)",
+           LITERT_ENV, optional=True),
+    Format("tflite_int8", "dog_emotion.int8.tflite", INT8, "litert", "LiteRT where size matters most: int8 in and out, scale and zero point in the file",
+           LITERT_ENV, optional=True),
+)
+FORMATS = {f.name: f for f in FORMAT_TABLE}
+
+
+def web_files() -> list[str]:
+    """What the browser demo loads from the export: its model files and the metadata record."""
+    return [f.file for f in FORMAT_TABLE if f.web] + [METADATA_SIDECAR]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--web-files", action="store_true", help="print the files the browser demo serves, one a line")
+    args = ap.parse_args(argv)
+    if args.web_files:
+        print("\n".join(web_files()))
+        return
+    for f in FORMAT_TABLE:
+        print(f"{f.name:12s} {f.file:24s} {f.precision:5s} {f.runtime:12s} {f.environment or '-':32s} {f.use}")
+
+
+if __name__ == "__main__":
+    main()
