@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmark.timing import time_calls
-from export.runtimes import FORMATS, batched_logits, exported_from, make_runner
+from export.runtimes import FORMATS, batched_logits, exported_from, make_runner, model_inputs
 from train.common import accuracy
 from train.data import DataError
 from train.plots import plt, save_figure
@@ -53,8 +53,7 @@ def check_exports(export_dir: Path, weights_sha256: str) -> list[str]:
 def bench_inference(model, export_dir: Path, weights_sha256: str, test, threads_list, quick: bool) -> list[dict]:
     formats = check_exports(export_dir, weights_sha256)
     size = model.config.input_size
-    x1 = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    x32 = np.random.default_rng(1).standard_normal((32, 3, size, size)).astype(np.float32)
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (32, 3, size, size), dtype=np.uint8))
     warmup, runs, tp_runs = (5, 30, 5) if quick else (50, 500, 40)
     state_kb = sum(p.numel() * p.element_size() for p in model.state_dict().values()) / 1000  # kB = 1,000 bytes
     rows = []
@@ -64,11 +63,12 @@ def bench_inference(model, export_dir: Path, weights_sha256: str, test, threads_
         for fmt in formats:
             path = export_dir / FORMATS[fmt].file if fmt != "eager" else None
             run = make_runner(fmt, path, model=model, threads=threads)
+            x1, x32 = next(model_inputs(fmt, pixels[:1], size, 1)), next(model_inputs(fmt, pixels, size, 32))
             lat = time_calls(lambda: run(x1), warmup, runs) * 1000
             tp = time_calls(lambda: run(x32), max(2, warmup // 5), tp_runs)
             row = {"format": fmt, "threads": threads,
                    "size_kb": round(path.stat().st_size / 1000 if path else state_kb, 1),
-                   "test_acc": round(accuracy(batched_logits(run, test.images, size), test.labels.numpy()), 2),
+                   "test_acc": round(accuracy(batched_logits(run, test.images, size, fmt), test.labels.numpy()), 2),
                    "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
                    "p99_ms": float(np.percentile(lat, 99)), "batch32_img_per_s": float(32 / np.median(tp))}
             eager = eager or row

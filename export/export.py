@@ -39,12 +39,12 @@ from export.calibration import CalibrationError, calibration_report, fit_tempera
 from export import model_card
 from export.executorch_export import export_pte
 from export.litert_export import RANGES as LITERT_RANGES
-from export.formats import FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR
+from export.formats import APP_INPUT, FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR
 from export.runtimes import batched_logits, make_runner
 from train.checkpoint import load_for_export, load_weights, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, at_least, command_errors, cpu_description,
                           markdown_table, save_json, save_text, save_torch, temp_path)
-from train.data import (DEFAULT_DATA, DecodedSplit, check_data_root, eval_batches, load_folder, preprocess_spec,
+from train.data import (DEFAULT_DATA, MEAN_NCHW, STD_NCHW, DecodedSplit, check_data_root, eval_batches, load_folder, preprocess_spec,
                         storage_size)
 
 OPSET = 18
@@ -98,13 +98,40 @@ def set_metadata(path: Path, meta: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
-def export_onnx(model, tmp: Path, meta: dict) -> None:
+def export_onnx(model, tmp: Path, meta: dict, example: torch.Tensor | None = None) -> None:
     size = model.config.input_size
-    x = torch.zeros(2, 3, size, size)
-    torch.onnx.export(model, (x,), str(tmp), dynamo=True, opset_version=OPSET, input_names=["input"],
-                      output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+    x = torch.zeros(2, 3, size, size) if example is None else example
+    torch.onnx.export(model, (x,), str(tmp), dynamo=True, opset_version=OPSET, input_names=[meta["input_name"]],
+                      output_names=[meta["output_name"]], dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
                       external_data=False, verbose=False)
     set_metadata(tmp, meta)
+
+
+class AppForm(torch.nn.Module):
+    """The model as an app calls it (issue 46): the uint8 RGB crop its bitmap holds, NHWC, in;
+    calibrated class probabilities out. Conversion, normalisation, layout, flip averaging and
+    softmax are in the graph, so the app resizes, crops and hands over the bytes."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.config = model, model.config
+        self.register_buffer("mean", MEAN_NCHW * 255)
+        self.register_buffer("std", STD_NCHW * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x.permute(0, 3, 1, 2).float() - self.mean) / self.std).softmax(1)
+
+
+def app_metadata(meta: dict) -> dict:
+    return {**meta, "input_name": "image", "input": f"{APP_INPUT} to {meta['preprocess']['resize_shorter_side']} px",
+            "input_layout": "NHWC", "input_dtype": "uint8", "output_name": "probabilities",
+            "output": "calibrated class probabilities, in the order of classes",
+            "in_graph": "uint8 to float, ImageNet mean/std normalisation, NHWC to NCHW, flip averaging, softmax"}
+
+
+def write_onnx_app(job: "ExportJob", tmp: Path) -> None:
+    size = job.size
+    export_onnx(AppForm(job.model).eval(), tmp, app_metadata(job.meta), torch.zeros(2, size, size, 3, dtype=torch.uint8))
 
 
 def convert_to_ort(onnx_path: Path, tmp: Path) -> None:
@@ -223,14 +250,19 @@ class ExportJob:
 
     def val_fidelity(self, fmt: str, path: Path) -> dict:
         """How closely a (quantized) file reproduces eager on val: what an INT8 search chooses by."""
-        logits = batched_logits(make_runner(fmt, path), self.val.images, self.size)
+        logits = batched_logits(make_runner(fmt, path), self.val.images, self.size, fmt)
         return {"val accuracy (%)": round(accuracy(logits, self.val.labels.numpy()), 2),
                 "val agreement (%)": round(accuracy(logits, self.eager_val.argmax(1)), 2),
                 "val mean abs logit diff": round(float(np.abs(logits - self.eager_val).mean()), 5)}
 
     def check(self, fmt: str, path: Path) -> dict:
-        return parity_row(fmt, path, batched_logits(make_runner(fmt, path), self.test.images, self.size), self.eager,
-                          self.test.labels.numpy())
+        """The file's parity row on test. An app form gives probabilities: they are compared with
+        eager's softmax, so its 'max abs logit diff' is a difference in probability."""
+        logits = batched_logits(make_runner(fmt, path), self.test.images, self.size, fmt)
+        if FORMATS[fmt].app:
+            return parity_row(fmt, path, np.exp(logits), torch.softmax(torch.from_numpy(self.eager), 1).numpy(),
+                              self.test.labels.numpy())
+        return parity_row(fmt, path, logits, self.eager, self.test.labels.numpy())
 
 
 def refusal(row: dict, precision: str, fp32_accuracy: float) -> str:
@@ -353,6 +385,8 @@ WRITERS = {
     "torchscript": one_file(write_torchscript),
     "onnx_fp32": one_file(lambda job, tmp: export_onnx(job.model, tmp, job.meta)),
     "ort_fp32": one_file(lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_fp32"].file, tmp)),
+    "onnx_app": one_file(write_onnx_app),
+    "ort_app": one_file(lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_app"].file, tmp)),
     "onnx_int8": search_onnx_int8,
     "pte_fp32": one_file(write_pte_fp32),
     "pte_int8": one_file(write_pte_int8, {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}),
@@ -464,7 +498,9 @@ def write_reports(job: ExportJob, rows: list[dict], info: dict, weights: str) ->
               f"{OPSET}, dynamo exporter, dynamic batch axis. INT8: onnxruntime static quantization, QDQ, "
               f"{info['calibration_images']} calibration images from train; kept: {info['int8_kept']} (of the settings "
               f"that give the same result with and without VNNI, the one whose labels agree with FP32's on the most val "
-              f"images). LiteRT .tflite: {info['tflite']}.\n\n{markdown_table(rows, cols)}", job.out / "parity.md")
+              f"images). LiteRT .tflite: {info['tflite']}. App forms (*_app: uint8 crop in, probabilities out): "
+              f"their max abs diff is in probability, against eager's softmax.\n\n{markdown_table(rows, cols)}",
+              job.out / "parity.md")
     _, ckpt = load_weights(weights)
     save_text(model_card.render(job.model, ckpt, rows, info, job.eager, job.test.labels.numpy(), weights),
               job.out / MODEL_CARD)

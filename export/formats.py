@@ -27,12 +27,16 @@ class Format:
     environment: str = ""   # what the export needs beyond the main environment
     optional: bool = False  # an export may lack it (an INT8 file refused by the rule, or the environment missing)
     web: bool = False       # served by the browser demo
+    app: bool = False       # the app form: uint8 RGB NHWC crop in, calibrated probabilities out (APP_INPUT)
 
 
 FORMAT_TABLE = (
     Format("torchscript", "dog_emotion.pt", FP32, "torch", "apps that still load TorchScript (deprecated in torch 2.14)"),
     Format("onnx_fp32", "dog_emotion.onnx", FP32, "onnxruntime", "onnxruntime on servers, desktops and the browser demo", web=True),
     Format("ort_fp32", "dog_emotion.ort", FP32, "onnxruntime", "onnxruntime Mobile in an Android or iOS app"),
+    Format("onnx_app", "dog_emotion.app.onnx", FP32, "onnxruntime", "apps that hand over a bitmap's bytes: a uint8 RGB crop "
+           "in (NHWC), calibrated probabilities out, the labels in the file's metadata", app=True),
+    Format("ort_app", "dog_emotion.app.ort", FP32, "onnxruntime", "the same for onnxruntime Mobile", app=True),
     Format("onnx_int8", "dog_emotion.int8.onnx", INT8, "onnxruntime", "onnxruntime where size matters most (INT8)", optional=True, web=True),
     Format("pte_fp32", "dog_emotion.pte", FP32, "executorch", "the ExecuTorch runtime (XNNPACK) in an Android or iOS app"),
     Format("pte_int8", "dog_emotion.int8.pte", INT8, "executorch", "ExecuTorch (XNNPACK) where size matters most (INT8)", optional=True),
@@ -42,6 +46,8 @@ FORMAT_TABLE = (
            LITERT_ENV, optional=True),
 )
 FORMATS = {f.name: f for f in FORMAT_TABLE}
+# what an app form takes: the crop of the photo's shorter side resized, as its bitmap holds it
+APP_INPUT = "uint8 RGB, NHWC (batch, crop, crop, 3): the centre crop after resizing the shorter side"
 
 
 def web_files() -> list[str]:

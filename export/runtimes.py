@@ -2,7 +2,9 @@
 that export (for parity), the benchmark (for timing) and the tests use, so they always run a file
 the same way.
 
-A runner maps a float32 (B, 3, R, R) numpy batch to numpy logits (B, C).
+A runner maps a model input batch (`model_inputs`: float32 (B, 3, R, R), normalised; for an app
+form uint8 (B, R, R, 3)) to numpy logits (B, C); an app form's probabilities come back as their
+logarithm, logits up to a constant per row, so every format compares with eager the same way.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import onnxruntime as ort
 import torch
 
 from export.formats import FORMATS, METADATA_SIDECAR
-from train.data import DataError, eval_batches
+from train.data import DataError, center_crop, eval_batches
 
 BATCH = 32  # the largest batch every format takes (the .pte programs are exported for 1..32)
 
@@ -44,7 +46,8 @@ def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module
     row's runtime (export/formats.py; `threads` applies to onnxruntime and LiteRT)."""
     if fmt == "eager":
         return lambda x: _torch_run(model, x)
-    return RUNNERS[FORMATS[fmt].runtime](fmt, path, threads)
+    run = RUNNERS[FORMATS[fmt].runtime](fmt, path, threads)
+    return (lambda x: np.log(np.maximum(run(x), 1e-30))) if FORMATS[fmt].app else run
 
 
 def _torchscript_runner(fmt: str, path, threads: int):
@@ -111,6 +114,17 @@ def _torch_run(model, x: np.ndarray) -> np.ndarray:
     return model(torch.from_numpy(x)).numpy()
 
 
-def batched_logits(run, images_uint8: torch.Tensor, input_size: int) -> np.ndarray:
-    """Logits of a runner over a decoded split, in order."""
-    return np.concatenate([run(x.numpy()) for x in eval_batches(images_uint8, input_size, BATCH)])
+def model_inputs(fmt: str, images_uint8: torch.Tensor, input_size: int, batch: int = BATCH):
+    """A decoded split as the format takes it, in batches, in order: normalised float NCHW, or for
+    an app form the uint8 NHWC crops themselves (what a phone's bitmap holds)."""
+    if fmt != "eager" and FORMATS[fmt].app:
+        for i in range(0, len(images_uint8), batch):
+            yield center_crop(images_uint8[i:i + batch], input_size).permute(0, 2, 3, 1).contiguous().numpy()
+    else:
+        for x in eval_batches(images_uint8, input_size, batch):
+            yield x.numpy()
+
+
+def batched_logits(run, images_uint8: torch.Tensor, input_size: int, fmt: str = "eager") -> np.ndarray:
+    """Logits of a format's runner over a decoded split, in order."""
+    return np.concatenate([run(x) for x in model_inputs(fmt, images_uint8, input_size)])

@@ -17,13 +17,13 @@ import torch
 from benchmark import bench, inference, training_layouts
 from export import export as exporter
 from export.profile import profile
-from export.runtimes import FORMATS, METADATA_SIDECAR, make_runner
+from export.runtimes import FORMATS, METADATA_SIDECAR, batched_logits, make_runner, model_inputs, ort_session
 from mobile_model import build_model, count_parameters
 from export.calibration import fold_temperature
 from train.checkpoint import load_for_export, load_weights, state_digest
 from train import dog_emotion
 from train.common import ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS
-from train.data import DataError, preprocess_spec
+from train.data import DataError, load_folder, preprocess_spec, storage_size
 from conftest import litert_installed
 
 
@@ -69,6 +69,29 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     assert {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar.items()} == meta
     assert sidecar["classes"] == ckpt["classes"] and sidecar["params"] == ckpt["params"]
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_the_app_forms_take_a_bitmaps_bytes_and_give_eagers_probabilities_with_their_labels_inside(exported, real_data):
+    out, rows, info = exported
+    model, ckpt = load_weights(SHIPPED_WEIGHTS)
+    model = fold_temperature(model, info["calibration"]["temperature"])
+    by_fmt = {r["format"]: r for r in rows}
+    test = load_folder(real_data / "test", ckpt["classes"], storage_size(model.config.input_size))
+    eager = torch.softmax(torch.from_numpy(batched_logits(make_runner("eager", model=model), test.images, 112)), 1).numpy()
+    for fmt in ("onnx_app", "ort_app"):
+        # the export's own check: on every test photo, from the same uint8 crops, the same label and
+        # log-probabilities within 1e-4 of eager's (so every probability within 1e-4)
+        assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4
+        session = ort_session(out / FORMATS[fmt].file, ort_format=fmt.startswith("ort"))
+        (inp,), meta = session.get_inputs(), session.get_modelmeta().custom_metadata_map
+        assert inp.type == "tensor(uint8)" and inp.shape[1:] == [112, 112, 3] and meta["input_layout"] == "NHWC"
+        assert json.loads(meta["classes"]) == ckpt["classes"]   # read back from the file by its own runtime
+        crops = next(model_inputs(fmt, test.images, 112, len(test.images)))
+        assert crops.dtype == np.uint8 and crops.shape == (len(test.images), 112, 112, 3)
+        probs = session.run(None, {inp.name: crops})[0]
+        np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+        assert np.abs(probs - eager).max() <= 1e-4
 
 
 @pytest.mark.slow
@@ -386,9 +409,7 @@ def test_the_temperature_folds_into_the_classifier_and_is_recovered():
 @pytest.mark.slow
 def test_a_siblings_temperature_is_recorded_and_folded_at_export(real_data, tmp_path):
     from export import calibration
-    from export.runtimes import batched_logits
     from train.checkpoint import save_weights
-    from train.data import load_folder, storage_size
     weights = tmp_path / "shipped.pkl"
     weights.write_bytes(SHIPPED_WEIGHTS.read_bytes())
     model, ckpt = load_weights(weights)
@@ -461,8 +482,6 @@ def test_a_sibling_temperature_is_refused_when_it_cannot_hold(nano_weights, spli
 @pytest.mark.slow
 def test_the_model_card_is_written_from_the_measurements(exported, tmp_path):
     from export import model_card
-    from export.runtimes import batched_logits
-    from train.data import load_folder, storage_size
     out, rows, info = exported
     model, ckpt = load_for_export(str(SHIPPED_WEIGHTS))
     model = fold_temperature(model, info["calibration"]["temperature"])

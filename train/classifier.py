@@ -1,6 +1,7 @@
 """One object, one call: `Classifier(path).predict(source)` labels photos with a weights file
 (`.pkl`, PyTorch) or an exported one (`.onnx` / `.ort`, onnxruntime), the way Ultralytics'
-`YOLO(path).predict(source)` does.
+`YOLO(path).predict(source)` does; the app form of an export (`dog_emotion.app.onnx`: uint8 in,
+probabilities out) works the same.
 
     from train.classifier import Classifier
     for row in Classifier("weights/dog_emotion.pkl").predict("photos/"):
@@ -22,7 +23,12 @@ import torch
 from PIL import Image
 
 from train.checkpoint import load_weights
-from train.data import BadImage, DataError, expand_inputs, load_rgb, preprocess, storage_size
+from train.data import BadImage, DataError, center_crop, expand_inputs, load_rgb, preprocess, resize_center_crop, storage_size
+
+
+def app_input(img: Image.Image, input_size: int) -> torch.Tensor:
+    """What an app form takes: the same resize and crop as `preprocess`, left as uint8 NHWC bytes."""
+    return center_crop(resize_center_crop(img, storage_size(input_size))[None], input_size).permute(0, 2, 3, 1).contiguous()
 
 
 class Classifier:
@@ -36,8 +42,12 @@ class Classifier:
                 raise DataError(f"{path}: no class labels and preprocessing in its metadata (not a file of `make export`)")
             self.classes = json.loads(meta["classes"])
             self.input_size = int(json.loads(meta["preprocess"])["center_crop_2"])
-            name = session.get_inputs()[0].name
-            self._logits = lambda x: session.run(None, {name: x.numpy()})[0]
+            name, app = session.get_inputs()[0].name, meta.get("input_layout") == "NHWC"
+            if app:   # the app form: the uint8 crop in, probabilities out (their log: logits up to a constant)
+                self._logits = lambda x: np.log(np.maximum(session.run(None, {name: x.numpy()})[0], 1e-30))
+            else:
+                self._logits = lambda x: session.run(None, {name: x.numpy()})[0]
+            self._input = app_input if app else preprocess
         else:
             model, ckpt = load_weights(path)
             model.to(device)
@@ -47,12 +57,12 @@ class Classifier:
             @torch.no_grad()
             def logits(x: torch.Tensor) -> np.ndarray:
                 return (model(x.to(device)) / temperature).float().cpu().numpy()
-            self._logits = logits
+            self._logits, self._input = logits, preprocess
         self.path = path
 
     def label(self, img: Image.Image, name: str = "") -> dict:
         """Label and probabilities of one RGB PIL image."""
-        logits = self._logits(preprocess(img.convert("RGB"), self.input_size))[0].astype(np.float64)
+        logits = self._logits(self._input(img.convert("RGB"), self.input_size))[0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         return {"file": name, "label": self.classes[int(probs.argmax())],
