@@ -17,10 +17,11 @@ import torch
 MAX_BATCH = 32
 
 
-def _export(model: torch.nn.Module, input_size: int) -> torch.export.ExportedProgram:
+def _export(model: torch.nn.Module, input_size: int, app: bool = False) -> torch.export.ExportedProgram:
     # the example batch is MAX_BATCH: executorch 1.5.1 sized the program's input buffer from the
     # example (a batch-2 example gave a program that refused batches over 7 with flip averaging)
-    x = torch.zeros(MAX_BATCH, 3, input_size, input_size)
+    x = (torch.zeros(MAX_BATCH, input_size, input_size, 3, dtype=torch.uint8) if app   # the app form's bitmap bytes
+         else torch.zeros(MAX_BATCH, 3, input_size, input_size))
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     return torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
 
@@ -38,15 +39,16 @@ def _quantize(model: torch.nn.Module, input_size: int, calib_batches) -> torch.n
     return convert_pt2e(prepared)
 
 
-def export_pte(model: torch.nn.Module, path: Path, calib_batches=None) -> list[str]:
-    """Write the XNNPACK-lowered program to `path` (INT8 when calib_batches are given); return the
-    operators left outside XNNPACK, which a phone app must link ExecuTorch's portable kernels for."""
+def export_pte(model: torch.nn.Module, path: Path, calib_batches=None, app: bool = False) -> list[str]:
+    """Write the XNNPACK-lowered program to `path` (INT8 when calib_batches are given; `app`: the
+    model is an app form, uint8 NHWC in); return the operators left outside XNNPACK, which a phone
+    app must link ExecuTorch's portable kernels for."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     size = model.config.input_size
     if calib_batches is not None:
         model = _quantize(model, size, calib_batches)
-    edge = to_edge_transform_and_lower(_export(model, size), partitioner=[XnnpackPartitioner()])
+    edge = to_edge_transform_and_lower(_export(model, size, app), partitioner=[XnnpackPartitioner()])
     left = sorted({_op_name(n.target) for n in edge.exported_program().graph.nodes
                    if n.op == "call_function" and _op_name(n.target).startswith("aten.")})
     path.write_bytes(edge.to_executorch().buffer)

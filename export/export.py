@@ -306,6 +306,10 @@ def write_pte_fp32(job: ExportJob, tmp: Path) -> None:
     job.notes["pte_fp32"] = export_pte(job.model, tmp)
 
 
+def write_pte_app(job: ExportJob, tmp: Path) -> None:
+    job.notes["pte_app"] = export_pte(AppForm(job.model).eval(), tmp, app=True)
+
+
 def write_pte_int8(job: ExportJob, tmp: Path) -> None:
     job.notes["pte_int8"] = export_pte(job.model, tmp, list(eval_batches(job.calib, job.size, 32)))
 
@@ -389,6 +393,7 @@ WRITERS = {
     "ort_app": one_file(lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_app"].file, tmp)),
     "onnx_int8": search_onnx_int8,
     "pte_fp32": one_file(write_pte_fp32),
+    "pte_app": one_file(write_pte_app),
     "pte_int8": one_file(write_pte_int8, {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}),
     "tflite_fp32": one_file(write_tflite_fp32),
     "tflite_int8": one_file(write_tflite_int8),
@@ -526,7 +531,7 @@ def export_all(job: ExportJob) -> tuple[list[dict], dict]:
     return rows, {"torchscript_warnings": job.notes["torchscript"], "opset": OPSET, "cpu": cpu_description(),
                   "int8_drop_points": round(fp32["accuracy (%)"] - kept["accuracy (%)"], 2) if kept else None,
                   "int8_kept": kept["int8 setting"] if kept else "none (no setting passed the INT8 rule)",
-                  "pte_ops_outside_xnnpack": {"fp32": job.notes["pte_fp32"], "int8": job.notes["pte_int8"]},
+                  "pte_ops_outside_xnnpack": {k: job.notes[f"pte_{k}"] for k in ("fp32", "app", "int8")},
                   "calibration_images": len(job.calib), "flip_average": job.model.config.flip_average,
                   "tflite": "written and checked" if litert else f"not written: {LITERT_MISSING}",
                   "test_images": len(job.test), "fp32_atol": FP32_ATOL, "calibration": job.calibration}

@@ -39,6 +39,8 @@ FORMAT_TABLE = (
     Format("ort_app", "dog_emotion.app.ort", FP32, "onnxruntime", "the same for onnxruntime Mobile", app=True),
     Format("onnx_int8", "dog_emotion.int8.onnx", INT8, "onnxruntime", "onnxruntime where size matters most (INT8)", optional=True, web=True),
     Format("pte_fp32", "dog_emotion.pte", FP32, "executorch", "the ExecuTorch runtime (XNNPACK) in an Android or iOS app"),
+    Format("pte_app", "dog_emotion.app.pte", FP32, "executorch", "the app form for ExecuTorch (uint8 crop in, "
+           "probabilities out; labels in dog_emotion.meta.json)", app=True),
     Format("pte_int8", "dog_emotion.int8.pte", INT8, "executorch", "ExecuTorch (XNNPACK) where size matters most (INT8)", optional=True),
     Format("tflite_fp32", "dog_emotion.tflite", FP32, "litert", "LiteRT on Android, directly or through MediaPipe (batch 1)",
            LITERT_ENV, optional=True),

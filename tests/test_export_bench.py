@@ -79,10 +79,11 @@ def test_the_app_forms_take_a_bitmaps_bytes_and_give_eagers_probabilities_with_t
     by_fmt = {r["format"]: r for r in rows}
     test = load_folder(real_data / "test", ckpt["classes"], storage_size(model.config.input_size))
     eager = torch.softmax(torch.from_numpy(batched_logits(make_runner("eager", model=model), test.images, 112)), 1).numpy()
-    for fmt in ("onnx_app", "ort_app"):
+    for fmt in ("onnx_app", "ort_app", "pte_app"):
         # the export's own check: on every test photo, from the same uint8 crops, the same label and
-        # log-probabilities within 1e-4 of eager's (so every probability within 1e-4)
+        # every probability within 1e-4 of eager's softmax
         assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4
+    for fmt in ("onnx_app", "ort_app"):
         session = ort_session(out / FORMATS[fmt].file, ort_format=fmt.startswith("ort"))
         (inp,), meta = session.get_inputs(), session.get_modelmeta().custom_metadata_map
         assert inp.type == "tensor(uint8)" and inp.shape[1:] == [112, 112, 3] and meta["input_layout"] == "NHWC"
@@ -325,7 +326,7 @@ def test_a_tflite_file_that_differs_from_eager_is_refused_and_not_written(nano_w
         return real_save(wrong, classes, path, metrics)
 
     monkeypatch.setattr(exporter, "save_weights", converter_gets_another_model)
-    monkeypatch.setattr(exporter, "EXPORTERS", [e for e in exporter.EXPORTERS if e[0].startswith("tflite")])
+    monkeypatch.setattr(exporter, "FORMAT_TABLE", tuple(f for f in exporter.FORMAT_TABLE if f.runtime == "litert"))
     with pytest.raises(exporter.ExportError, match="tflite_fp32: differs from eager .max diff 1.00e-02"):
         exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*")), "nothing written, no staging left"
