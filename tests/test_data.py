@@ -2,6 +2,8 @@ import csv
 import hashlib
 import io
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +95,18 @@ def test_cache_is_reused_and_rebuilt_when_data_changes(tmp_path):
     assert len(cache_entries(cache)) == 2, "changed bytes must give a new cache key"
     i = changed.paths.index(str(root / "train" / "happy" / "happy_0.jpg"))
     assert changed.images[i, 1].float().mean() > 200 and changed.images[i, 0].float().mean() < 50
+
+
+def test_a_copy_of_the_same_photos_elsewhere_gets_its_own_paths_from_the_cache(tmp_path):
+    import shutil
+    first = write_split_root(tmp_path / "first")
+    shutil.copytree(first, tmp_path / "second")
+    one = load_folder(first / "test", CLASSES, 36, tmp_path / "cache")
+    shutil.rmtree(first)   # the copy the cache was built from is gone
+    two = load_folder(tmp_path / "second" / "test", CLASSES, 36, tmp_path / "cache")
+    assert two.key == one.key and len(list((tmp_path / "cache").glob("*.pt"))) == 1   # one cache serves both
+    assert two.paths == [p.replace(str(first), str(tmp_path / "second")) for p in one.paths]
+    assert all(Path(p).is_file() for p in two.paths)
 
 
 def test_memory_mapped_cache_equals_in_memory_decoding(tmp_path):

@@ -331,9 +331,11 @@ def map_images(path: Path, count: int, size: int) -> torch.Tensor:
                            dtype=torch.uint8).view(count, 3, size, size)
 
 
-def read_cache(index_file: Path, images_file: Path, size: int) -> DecodedSplit | None:
+def read_cache(index_file: Path, images_file: Path, size: int, folder: Path) -> DecodedSplit | None:
     """A cached split if its index reads and its images file is the one the index describes
-    (length and sha1); otherwise None, with a warning saying why, and the caller decodes again."""
+    (length and sha1); otherwise None, with a warning saying why, and the caller decodes again.
+    The index holds paths relative to the folder, so a copy of the same photos elsewhere (the same
+    content key) gets its own paths; an older index of absolute paths serves only its own folder."""
     if not index_file.exists():
         return None
     try:
@@ -350,6 +352,10 @@ def read_cache(index_file: Path, images_file: Path, size: int) -> DecodedSplit |
             or file_digest(images_file) != digest:
         warn(f"{images_file}: cache images missing or not the ones its index describes; decoding again")
         return None
+    if all(not Path(p).is_absolute() for p in paths):
+        paths = [str(folder / p) for p in paths]
+    elif not all(Path(p).resolve().is_relative_to(folder.resolve()) for p in paths):
+        return None   # decoded from another folder of the same photos: decode again, with relative paths
     for s in skipped:
         warn(f"skipped {s} (cached)")
     return DecodedSplit(map_images(images_file, count, size), labels, classes, paths, skipped)
@@ -372,7 +378,7 @@ def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | N
             raise DataError(f"--cache-dir {cache_dir}: is a file, not a folder")
         stem = Path(cache_dir) / f"{folder.name}-{size}px-{key}"
         index_file, images_file = stem.with_suffix(".pt"), stem.with_suffix(".u8")
-        split = read_cache(index_file, images_file, size)
+        split = read_cache(index_file, images_file, size, folder)
         if split is None:
             split = write_cache(items, classes, size, folder, index_file, images_file)
     split.key = key
@@ -393,7 +399,8 @@ def write_cache(items: list[tuple[Path, int]], classes: list[str], size: int, fo
     finally:
         tmp.unlink(missing_ok=True)
     # the index is written last: its presence says the images file beside it is complete
-    save_torch({"labels": split.labels, "classes": split.classes, "paths": split.paths,
+    save_torch({"labels": split.labels, "classes": split.classes,
+                "paths": [str(Path(p).relative_to(folder)) for p in split.paths],
                 "skipped": split.skipped, "digest": file_digest(images_file)}, index_file)
     split.images = map_images(images_file, len(split), size)
     return split
