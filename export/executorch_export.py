@@ -4,17 +4,19 @@ kernels of ExecuTorch's Android and iOS builds), FP32 and INT8.
 The batch dimension is dynamic within 1..MAX_BATCH, so one program serves a single photo and a
 gallery. INT8 is post-training quantization with the PT2E flow: XNNPACKQuantizer with its
 symmetric per-channel config, calibrated on the same training images as the INT8 ONNX file.
-A .pte carries no metadata of its own: export.py writes the class names and preprocessing
-beside it as JSON, from the same record as the ONNX metadata.
+The metadata record (class labels, preprocessing: the ONNX file's) is inside each program as a
+constant method, METADATA_METHOD, returning the record as JSON text: an app calls it like forward.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 
 MAX_BATCH = 32
+METADATA_METHOD = "metadata"
 
 
 def _export(model: torch.nn.Module, input_size: int, app: bool = False) -> torch.export.ExportedProgram:
@@ -26,29 +28,30 @@ def _export(model: torch.nn.Module, input_size: int, app: bool = False) -> torch
     return torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
 
 
-def _quantize(model: torch.nn.Module, input_size: int, calib_batches) -> torch.nn.Module:
+def _quantize(model: torch.nn.Module, input_size: int, calib_batches, app: bool) -> torch.nn.Module:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(_export(model, input_size).module(), quantizer)
+    prepared = prepare_pt2e(_export(model, input_size, app).module(), quantizer)
     with torch.no_grad():
         for x in calib_batches:
             prepared(x)
     return convert_pt2e(prepared)
 
 
-def export_pte(model: torch.nn.Module, path: Path, calib_batches=None, app: bool = False) -> list[str]:
-    """Write the XNNPACK-lowered program to `path` (INT8 when calib_batches are given; `app`: the
-    model is an app form, uint8 NHWC in); return the operators left outside XNNPACK, which a phone
-    app must link ExecuTorch's portable kernels for."""
+def export_pte(model: torch.nn.Module, path: Path, metadata: dict, calib_batches=None, app: bool = False) -> list[str]:
+    """Write the XNNPACK-lowered program, with `metadata` as its METADATA_METHOD, to `path` (INT8
+    when calib_batches are given; `app`: the model is an app form, uint8 NHWC in); return the
+    operators left outside XNNPACK, which a phone app must link ExecuTorch's portable kernels for."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     size = model.config.input_size
     if calib_batches is not None:
-        model = _quantize(model, size, calib_batches)
-    edge = to_edge_transform_and_lower(_export(model, size, app), partitioner=[XnnpackPartitioner()])
+        model = _quantize(model, size, calib_batches, app)
+    edge = to_edge_transform_and_lower(_export(model, size, app), partitioner=[XnnpackPartitioner()],
+                                       constant_methods={METADATA_METHOD: json.dumps(metadata)})
     left = sorted({_op_name(n.target) for n in edge.exported_program().graph.nodes
                    if n.op == "call_function" and _op_name(n.target).startswith("aten.")})
     path.write_bytes(edge.to_executorch().buffer)

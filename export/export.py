@@ -38,13 +38,14 @@ from export.profile import profile, report
 from export.calibration import CalibrationError, calibration_report, fit_temperature, fold_temperature, plot_reliability
 from export import model_card
 from export.executorch_export import export_pte
-from export.litert_export import RANGES as LITERT_RANGES
-from export.formats import APP_INPUT, FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR
-from export.runtimes import batched_logits, make_runner
+from export.litert_export import RANGES as LITERT_RANGES, candidate_name, embed_metadata
+from export.app_form import AppForm, app_metadata
+from export.formats import FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR
+from export.runtimes import batched_logits, make_runner, model_inputs
 from train.checkpoint import load_for_export, load_weights, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, at_least, command_errors, cpu_description,
                           markdown_table, save_json, save_text, save_torch, temp_path)
-from train.data import (DEFAULT_DATA, MEAN_NCHW, STD_NCHW, DecodedSplit, check_data_root, eval_batches, load_folder, preprocess_spec,
+from train.data import (DEFAULT_DATA, DecodedSplit, check_data_root, load_folder, preprocess_spec,
                         storage_size)
 
 OPSET = 18
@@ -63,12 +64,13 @@ class ExportError(ProjectError):
 
 # ---------------------------------------------------------------- the exports
 
-def export_torchscript(model, tmp: Path) -> list[str]:
+def export_torchscript(model, tmp: Path, meta: dict) -> list[str]:
     x = torch.zeros(1, 3, model.config.input_size, model.config.input_size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         traced = torch.jit.trace(model, x)
-        torch.jit.save(traced, str(tmp))
+        # the metadata record rides along as an extra file (torch.jit.load(_extra_files=...) reads it)
+        torch.jit.save(traced, str(tmp), _extra_files={METADATA_SIDECAR: json.dumps(meta)})
     # torch.jit is deprecated in torch 2.14; TorchScript stays for apps that still load it, and the
     # export prints the warnings instead of hiding them
     return sorted({str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning, UserWarning))})
@@ -107,28 +109,6 @@ def export_onnx(model, tmp: Path, meta: dict, example: torch.Tensor | None = Non
     set_metadata(tmp, meta)
 
 
-class AppForm(torch.nn.Module):
-    """The model as an app calls it (issue 46): the uint8 RGB crop its bitmap holds, NHWC, in;
-    calibrated class probabilities out. Conversion, normalisation, layout, flip averaging and
-    softmax are in the graph, so the app resizes, crops and hands over the bytes."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model, self.config = model, model.config
-        self.register_buffer("mean", MEAN_NCHW * 255)
-        self.register_buffer("std", STD_NCHW * 255)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x.permute(0, 3, 1, 2).float() - self.mean) / self.std).softmax(1)
-
-
-def app_metadata(meta: dict) -> dict:
-    return {**meta, "input_name": "image", "input": f"{APP_INPUT} to {meta['preprocess']['resize_shorter_side']} px",
-            "input_layout": "NHWC", "input_dtype": "uint8", "output_name": "probabilities",
-            "output": "calibrated class probabilities, in the order of classes",
-            "in_graph": "uint8 to float, ImageNet mean/std normalisation, NHWC to NCHW, flip averaging, softmax"}
-
-
 def write_onnx_app(job: "ExportJob", tmp: Path) -> None:
     size = job.size
     export_onnx(AppForm(job.model).eval(), tmp, app_metadata(job.meta), torch.zeros(2, size, size, 3, dtype=torch.uint8))
@@ -146,15 +126,16 @@ def convert_to_ort(onnx_path: Path, tmp: Path) -> None:
 
 
 class ImageReader(CalibrationDataReader):
-    def __init__(self, images_uint8: torch.Tensor, input_size: int, max_batch: int = 32):
+    def __init__(self, images_uint8: torch.Tensor, input_size: int, fmt: str, input_name: str, max_batch: int = 32):
         # batches of one size: the histogram calibrators (Percentile) stack them and fail on a short last one
         batch = max(b for b in range(1, max_batch + 1) if len(images_uint8) % b == 0)
-        self.batches = [x.numpy() for x in eval_batches(images_uint8, input_size, batch)]
+        self.batches = list(model_inputs(fmt, images_uint8, input_size, batch))   # as `fmt` takes them
+        self.input_name = input_name
         self.it = iter(self.batches)
 
     def get_next(self):
         b = next(self.it, None)
-        return None if b is None else {"input": b}
+        return None if b is None else {self.input_name: b}
 
     def rewind(self):
         self.it = iter(self.batches)
@@ -239,9 +220,9 @@ class ExportJob:
     def size(self) -> int:
         return self.model.config.input_size
 
-    def temp(self, name: str) -> Path:
-        """A temporary file beside the output, removed at the end whatever happens."""
-        self.temps.append(temp_path(self.out / name))
+    def temp(self, name: str, folder: bool = False) -> Path:
+        """A temporary file (or folder) beside the output, removed at the end whatever happens."""
+        self.temps.append(temp_path(self.out / name, folder))
         return self.temps[-1]
 
     @cached_property
@@ -251,9 +232,11 @@ class ExportJob:
     def val_fidelity(self, fmt: str, path: Path) -> dict:
         """How closely a (quantized) file reproduces eager on val: what an INT8 search chooses by."""
         logits = batched_logits(make_runner(fmt, path), self.val.images, self.size, fmt)
+        # an app form's runner gives log-probabilities: compared with eager's
+        reference = torch.log_softmax(torch.from_numpy(self.eager_val), 1).numpy() if FORMATS[fmt].app else self.eager_val
         return {"val accuracy (%)": round(accuracy(logits, self.val.labels.numpy()), 2),
-                "val agreement (%)": round(accuracy(logits, self.eager_val.argmax(1)), 2),
-                "val mean abs logit diff": round(float(np.abs(logits - self.eager_val).mean()), 5)}
+                "val agreement (%)": round(accuracy(logits, reference.argmax(1)), 2),
+                "val mean abs logit diff": round(float(np.abs(logits - reference).mean()), 5)}
 
     def check(self, fmt: str, path: Path) -> dict:
         """The file's parity row on test. An app form gives probabilities: they are compared with
@@ -297,54 +280,59 @@ def keep(job: ExportJob, fmt: str, tmp: Path, row: dict | None = None) -> dict:
 
 
 def write_torchscript(job: ExportJob, tmp: Path) -> None:
-    job.notes["torchscript"] = export_torchscript(job.model, tmp)
+    job.notes["torchscript"] = export_torchscript(job.model, tmp, job.meta)
     for w in job.notes["torchscript"]:
         print(f"torch warning (TorchScript export): {w}")
 
 
-def write_pte_fp32(job: ExportJob, tmp: Path) -> None:
-    job.notes["pte_fp32"] = export_pte(job.model, tmp)
+def calibration_batches(job: ExportJob, fmt: str) -> list[torch.Tensor]:
+    """The INT8 calibration images as `fmt` takes them (float NCHW, or an app form's uint8 crops)."""
+    return [torch.from_numpy(x) for x in model_inputs(fmt, job.calib, job.size)]
 
 
-def write_pte_app(job: ExportJob, tmp: Path) -> None:
-    job.notes["pte_app"] = export_pte(AppForm(job.model).eval(), tmp, app=True)
+PTE_INT8 = {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}
 
 
-def write_pte_int8(job: ExportJob, tmp: Path) -> None:
-    job.notes["pte_int8"] = export_pte(job.model, tmp, list(eval_batches(job.calib, job.size, 32)))
+def write_pte(job: ExportJob, tmp: Path, fmt: str) -> None:
+    """A .pte of any of the four rows: FP32 or INT8, the model or its app form."""
+    f = FORMATS[fmt]
+    model, meta = (AppForm(job.model).eval(), app_metadata(job.meta)) if f.app else (job.model, job.meta)
+    job.notes[fmt] = export_pte(model, tmp, meta, calibration_batches(job, fmt) if f.precision == INT8 else None, app=f.app)
 
 
-def run_litert(args: list[str], what: str) -> None:
-    """One step of export/litert_export.py in the converter's environment; its (long) log is
-    shown only when it fails."""
-    done = subprocess.run([str(LITERT_PYTHON), "-m", "export.litert_export", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ExportError(f"LiteRT {what} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+def litert_candidates(job: ExportJob) -> Path:
+    """Every .tflite candidate (export/litert_export.py), made by one call in the converter's
+    environment the first time a LiteRT row asks; its (long) log is shown only when it fails."""
+    if "litert" not in job.notes:
+        work, weights, calib = job.temp("litert", folder=True), job.temp("litert-input.pkl"), job.temp("litert-calibration.pt")
+        save_weights(job.model, job.meta["classes"], weights)   # the model as this export has it (temperature folded in)
+        save_torch(job.calib, calib)                            # the INT8 ONNX file's calibration images
+        done = subprocess.run([str(LITERT_PYTHON), "-m", "export.litert_export", "--weights", str(weights),
+                               "--calib", str(calib), "--out-dir", str(work)], cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ExportError(f"LiteRT conversion failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+        job.notes["litert"] = work
+    return job.notes["litert"]
 
 
-def write_tflite_fp32(job: ExportJob, tmp: Path) -> None:
-    weights = job.temp("litert-input.pkl")     # the model as this export has it (temperature folded in)
-    save_weights(job.model, job.meta["classes"], weights)
-    run_litert(["fp32", "--weights", str(weights), "--out", str(tmp)], "conversion")
-
-
-def write_tflite_int8(job: ExportJob, tmp: Path) -> dict:
-    """Both ways of taking activation ranges (export/litert_export.py) measured; the one more
-    faithful to FP32 on val is the candidate, as for INT8 ONNX, and it is kept if it passes the rule."""
-    calib = job.temp("litert-calibration.pt")  # the INT8 ONNX file's calibration images
-    save_torch(job.calib, calib)
-    candidates = []
-    for ranges in LITERT_RANGES:
-        path = job.temp(FORMATS["tflite_int8"].file)
-        run_litert(["int8", "--tflite", str(job.out / FORMATS["tflite_fp32"].file), "--calib", str(calib),
-                    "--ranges", ranges, "--out", str(path)], "INT8 quantization")
-        fidelity = job.val_fidelity("tflite_int8", path)
-        candidates.append(({"int8 setting": f"ai-edge-quantizer static_wi8_ai8, {ranges} ranges", **fidelity}, path))
-        print(f"tflite int8 {ranges} ranges: val agreement {fidelity['val agreement (%)']}% "
-              f"(accuracy {fidelity['val accuracy (%)']}%)")
-    chosen, path = max(candidates, key=lambda c: int8_fidelity(c[0]))
-    os.replace(path, tmp)
+def write_tflite(job: ExportJob, tmp: Path, fmt: str) -> dict | None:
+    """A .tflite of any of the four rows, its metadata record embedded. INT8: of the two ways of
+    taking activation ranges, the one more faithful to FP32 on val is the candidate, as for INT8
+    ONNX, and it is kept if it passes the rule."""
+    f, made, chosen = FORMATS[fmt], litert_candidates(job), None
+    if f.precision == FP32:
+        shutil.copy(made / candidate_name(f.app), tmp)
+    else:
+        candidates = []
+        for ranges in LITERT_RANGES:
+            path = made / candidate_name(f.app, ranges)
+            fidelity = job.val_fidelity(fmt, path)
+            candidates.append(({"int8 setting": f"ai-edge-quantizer static_wi8_ai8, {ranges} ranges", **fidelity}, path))
+            print(f"{fmt} {ranges} ranges: val agreement {fidelity['val agreement (%)']}% "
+                  f"(accuracy {fidelity['val accuracy (%)']}%)")
+        chosen, path = max(candidates, key=lambda c: int8_fidelity(c[0]))
+        shutil.copy(path, tmp)
+    embed_metadata(tmp, app_metadata(job.meta) if f.app else job.meta)
     return chosen
 
 
@@ -354,7 +342,7 @@ def search_onnx_int8(job: ExportJob, fmt: str) -> list[dict]:
     difference; never chosen on test: val accuracy above FP32's own is noise, not skill), and it is
     kept if it passes the INT8 rule."""
     rows = []
-    prepared, reader = job.temp("int8-prepared.onnx"), ImageReader(job.calib, job.size)
+    prepared, reader = job.temp("int8-prepared.onnx"), ImageReader(job.calib, job.size, fmt, job.meta["input_name"])
     quant_pre_process(str(job.out / FORMATS["onnx_fp32"].file), str(prepared), skip_symbolic_shape=True)
     for setting in QUANT_SETTINGS:
         tmp = job.temp(FORMATS["onnx_int8"].file)
@@ -368,17 +356,28 @@ def search_onnx_int8(job: ExportJob, fmt: str) -> list[dict]:
         print(f"int8 {setting.name}: val agreement {r['val agreement (%)']}% (accuracy {r['val accuracy (%)']}%), "
               f"test accuracy {r['accuracy (%)']}%, agreement {r['top-1 agreement (%)']}%")
     best, best_tmp, _ = max((c for c in rows if c[2]), key=lambda c: int8_fidelity(c[0]))
+    job.notes["onnx_int8_setting"] = next(q for q in QUANT_SETTINGS if q.name == best["int8 setting"])
     keep(job, fmt, best_tmp, best)
     return [r for r, _, _ in rows]
 
 
+def write_onnx_app_int8(job: ExportJob, tmp: Path) -> dict:
+    """The app form quantized with the setting the INT8 ONNX search chose (searched once, on the
+    float-input file), calibrated on the same images as uint8 crops."""
+    setting, meta = job.notes["onnx_int8_setting"], app_metadata(job.meta)
+    prepared = job.temp("int8-app-prepared.onnx")
+    quant_pre_process(str(job.out / FORMATS["onnx_app"].file), str(prepared), skip_symbolic_shape=True)
+    quantize_int8(prepared, tmp, ImageReader(job.calib, job.size, "onnx_app_int8", meta["input_name"]), setting, meta)
+    return {"int8 setting": setting.name, "same on every x86": "yes"}
+
+
 def one_file(write, columns: dict | None = None):
-    """The writer of a format with one candidate file: `write(job, tmp)` fills the temporary file,
+    """The writer of a format with one candidate file: `write(job, tmp, fmt)` fills the temporary file,
     puts what the report needs in job.notes and returns None, or, where it chose among candidates
     (the INT8 .tflite), the parity columns of its choice; the file is then checked and kept by the rule."""
     def writer(job: ExportJob, fmt: str) -> list[dict]:
         tmp = job.temp(FORMATS[fmt].file)
-        chosen = write(job, tmp) or {}
+        chosen = write(job, tmp, fmt) or {}
         return [keep(job, fmt, tmp, {**job.check(fmt, tmp), **(columns or {}), **chosen})]
     return writer
 
@@ -386,17 +385,21 @@ def one_file(write, columns: dict | None = None):
 # The writer of every row of the formats registry (export/formats.py), called in the table's order:
 # each returns the parity rows of what it measured, its file kept or refused by the rule.
 WRITERS = {
-    "torchscript": one_file(write_torchscript),
-    "onnx_fp32": one_file(lambda job, tmp: export_onnx(job.model, tmp, job.meta)),
-    "ort_fp32": one_file(lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_fp32"].file, tmp)),
-    "onnx_app": one_file(write_onnx_app),
-    "ort_app": one_file(lambda job, tmp: convert_to_ort(job.out / FORMATS["onnx_app"].file, tmp)),
+    "torchscript": one_file(lambda job, tmp, fmt: write_torchscript(job, tmp)),
+    "onnx_fp32": one_file(lambda job, tmp, fmt: export_onnx(job.model, tmp, job.meta)),
+    "ort_fp32": one_file(lambda job, tmp, fmt: convert_to_ort(job.out / FORMATS["onnx_fp32"].file, tmp)),
+    "onnx_app": one_file(lambda job, tmp, fmt: write_onnx_app(job, tmp)),
+    "ort_app": one_file(lambda job, tmp, fmt: convert_to_ort(job.out / FORMATS["onnx_app"].file, tmp)),
     "onnx_int8": search_onnx_int8,
-    "pte_fp32": one_file(write_pte_fp32),
-    "pte_app": one_file(write_pte_app),
-    "pte_int8": one_file(write_pte_int8, {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}),
-    "tflite_fp32": one_file(write_tflite_fp32),
-    "tflite_int8": one_file(write_tflite_int8),
+    "onnx_app_int8": one_file(lambda job, tmp, fmt: write_onnx_app_int8(job, tmp)),
+    "pte_fp32": one_file(write_pte),
+    "pte_app": one_file(write_pte),
+    "pte_int8": one_file(write_pte, PTE_INT8),
+    "pte_app_int8": one_file(write_pte, PTE_INT8),
+    "tflite_fp32": one_file(write_tflite),
+    "tflite_app": one_file(write_tflite),
+    "tflite_int8": one_file(write_tflite),
+    "tflite_app_int8": one_file(write_tflite),
 }
 
 
@@ -523,15 +526,15 @@ def export_all(job: ExportJob) -> tuple[list[dict], dict]:
                 continue
             rows += WRITERS[f.name](job, f.name)
         save_json(job.meta, out / METADATA_SIDECAR)
-    finally:  # whatever failed or was not kept: no temp file stays behind
+    finally:  # whatever failed or was not kept: no temp file or folder stays behind
         for t in job.temps:
-            t.unlink(missing_ok=True)
+            shutil.rmtree(t) if t.is_dir() else t.unlink(missing_ok=True)
     fp32 = next(r for r in rows if r["format"] == "onnx_fp32")
     kept = next((r for r in rows if r["format"] == "onnx_int8" and r["kept"] == "yes"), None)
     return rows, {"torchscript_warnings": job.notes["torchscript"], "opset": OPSET, "cpu": cpu_description(),
                   "int8_drop_points": round(fp32["accuracy (%)"] - kept["accuracy (%)"], 2) if kept else None,
                   "int8_kept": kept["int8 setting"] if kept else "none (no setting passed the INT8 rule)",
-                  "pte_ops_outside_xnnpack": {k: job.notes[f"pte_{k}"] for k in ("fp32", "app", "int8")},
+                  "pte_ops_outside_xnnpack": {f.name: job.notes[f.name] for f in FORMAT_TABLE if f.runtime == "executorch"},
                   "calibration_images": len(job.calib), "flip_average": job.model.config.flip_average,
                   "tflite": "written and checked" if litert else f"not written: {LITERT_MISSING}",
                   "test_images": len(job.test), "fp32_atol": FP32_ATOL, "calibration": job.calibration}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 FP32, INT8 = "fp32", "int8"
 LITERT_ENV = ".venv-litert (make venv-litert)"   # the LiteRT converter's own environment
-METADATA_SIDECAR = "dog_emotion.meta.json"  # the ONNX metadata record as JSON: for the .pte/.tflite files, the web demo and bench
+METADATA_SIDECAR = "dog_emotion.meta.json"  # the metadata record (inside every file too) as JSON: for the web demo, bench and any app
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,26 @@ class Format:
 
 FORMAT_TABLE = (
     Format("torchscript", "dog_emotion.pt", FP32, "torch", "apps that still load TorchScript (deprecated in torch 2.14)"),
-    Format("onnx_fp32", "dog_emotion.onnx", FP32, "onnxruntime", "onnxruntime on servers, desktops and the browser demo", web=True),
+    Format("onnx_fp32", "dog_emotion.onnx", FP32, "onnxruntime", "onnxruntime on servers and desktops"),
     Format("ort_fp32", "dog_emotion.ort", FP32, "onnxruntime", "onnxruntime Mobile in an Android or iOS app"),
-    Format("onnx_app", "dog_emotion.app.onnx", FP32, "onnxruntime", "apps that hand over a bitmap's bytes: a uint8 RGB crop "
-           "in (NHWC), calibrated probabilities out, the labels in the file's metadata", app=True),
+    Format("onnx_app", "dog_emotion.app.onnx", FP32, "onnxruntime", "apps that hand over a bitmap's bytes (uint8 crop in, "
+           "probabilities out), the browser demo", web=True, app=True),
     Format("ort_app", "dog_emotion.app.ort", FP32, "onnxruntime", "the same for onnxruntime Mobile", app=True),
-    Format("onnx_int8", "dog_emotion.int8.onnx", INT8, "onnxruntime", "onnxruntime where size matters most (INT8)", optional=True, web=True),
+    Format("onnx_int8", "dog_emotion.int8.onnx", INT8, "onnxruntime", "onnxruntime where size matters most (INT8)", optional=True),
+    Format("onnx_app_int8", "dog_emotion.app.int8.onnx", INT8, "onnxruntime", "the app form where size matters most, "
+           "the browser demo's INT8 choice", optional=True, web=True, app=True),
     Format("pte_fp32", "dog_emotion.pte", FP32, "executorch", "the ExecuTorch runtime (XNNPACK) in an Android or iOS app"),
-    Format("pte_app", "dog_emotion.app.pte", FP32, "executorch", "the app form for ExecuTorch (uint8 crop in, "
-           "probabilities out; labels in dog_emotion.meta.json)", app=True),
+    Format("pte_app", "dog_emotion.app.pte", FP32, "executorch", "the app form for ExecuTorch", app=True),
     Format("pte_int8", "dog_emotion.int8.pte", INT8, "executorch", "ExecuTorch (XNNPACK) where size matters most (INT8)", optional=True),
+    Format("pte_app_int8", "dog_emotion.app.int8.pte", INT8, "executorch", "the ExecuTorch app form, INT8", optional=True, app=True),
     Format("tflite_fp32", "dog_emotion.tflite", FP32, "litert", "LiteRT on Android, directly or through MediaPipe (batch 1)",
            LITERT_ENV, optional=True),
+    Format("tflite_app", "dog_emotion.app.tflite", FP32, "litert", "the app form for LiteRT (batch 1)", LITERT_ENV,
+           optional=True, app=True),
     Format("tflite_int8", "dog_emotion.int8.tflite", INT8, "litert", "LiteRT where size matters most: int8 in and out, scale and zero point in the file",
            LITERT_ENV, optional=True),
+    Format("tflite_app_int8", "dog_emotion.app.int8.tflite", INT8, "litert", "the LiteRT app form, INT8 inside", LITERT_ENV,
+           optional=True, app=True),
 )
 FORMATS = {f.name: f for f in FORMAT_TABLE}
 # what an app form takes: the crop of the photo's shorter side resized, as its bitmap holds it
@@ -65,7 +71,7 @@ def main(argv=None) -> None:
         print("\n".join(web_files()))
         return
     for f in FORMAT_TABLE:
-        print(f"{f.name:12s} {f.file:24s} {f.precision:5s} {f.runtime:12s} {f.environment or '-':32s} {f.use}")
+        print(f"{f.name:15s} {f.file:28s} {f.precision:5s} {f.runtime:12s} {f.environment or '-':32s} {f.use}")
 
 
 if __name__ == "__main__":

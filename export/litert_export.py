@@ -7,49 +7,104 @@ converter, about 0.9 GB beside torch, and pins versions the project's environmen
 requirements-litert.lock), and `python -m export.export` runs this module there as a subprocess;
 the file it writes comes back to the export, which checks it in ai-edge-litert's interpreter
 (installed in the main environment, small) before it keeps it, by the rule every format passes.
+One call makes every candidate file (the float model and its app form, and each one's INT8 file
+with both ways of taking ranges), so the environment's start (~10 s of imports) is paid once:
 
-    .venv-litert/bin/python -m export.litert_export fp32 --weights W.pkl --out m.tflite
-    .venv-litert/bin/python -m export.litert_export int8 --tflite m.tflite --calib images.pt --out m.int8.tflite
+    .venv-litert/bin/python -m export.litert_export --weights W.pkl --calib images.pt --out-dir DIR
 
 FP32: litert_torch.convert of the inference model, flip averaging included, at a fixed batch of
 1 (litert-torch 0.10 cannot trace this graph with a dynamic batch; a phone classifies one photo
 at a time). INT8: the ai-edge-quantizer's static recipe (int8 weights and activations) on the FP32
 file, calibrated on the same training images as the INT8 ONNX file, with each activation's range
 taken one of two ways: the quantizer's default, a moving average (0.95) of each photo's min and
-max, or the calibration set's own min and max (`--ranges`; export.py keeps the one more faithful
-to FP32 on val). The program is integer end to end: its input and output are int8 with the scale
+max, or the calibration set's own min and max (export.py keeps the one more faithful to FP32 on
+val). The program is integer end to end: its input and output are int8 with the scale
 and zero point stored in the file (export/runtimes.py applies them).
+
+The metadata record (class labels, preprocessing: the ONNX file's) goes into each file as a LiteRT
+metadata buffer named METADATA_NAME (`embed_metadata`, run by export.py in the main environment:
+ai-edge-litert ships the flatbuffer schema), where an Android app reads it with the Interpreter's
+metadata API or any flatbuffer reader.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
+from export.app_form import AppForm, app_batches
 from train.checkpoint import load_weights
 from train.data import eval_batches
 
 
-def convert_fp32(weights: str, out: Path) -> None:
+def convert_fp32(weights: str, out: Path, app: bool) -> None:
+    """`app`: the app form (export/app_form.py), uint8 NHWC in, probabilities out."""
     import litert_torch
     model, _ = load_weights(weights)   # the graph as the file's config has it, flip averaging or not
     size = model.config.input_size
-    litert_torch.convert(model.eval(), (torch.zeros(1, 3, size, size),)).export(str(out))
+    if app:
+        model, example = AppForm(model), torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    else:
+        example = torch.zeros(1, 3, size, size)
+    litert_torch.convert(model.eval(), (example,)).export(str(out))
 
 
 RANGES = ("moving-average", "min-max")
 
 
-def quantize_int8(tflite: Path, calib: Path, out: Path, ranges: str) -> None:
+def candidate_name(app: bool, ranges: str | None = None) -> str:
+    """The name of one candidate file in --out-dir: FP32 when ranges is None, else INT8."""
+    return ("app" if app else "model") + (f".int8-{ranges}" if ranges else "") + ".tflite"
+
+
+def convert_all(weights: str, calib: Path, out_dir: Path) -> None:
+    for app in (False, True):
+        fp32 = out_dir / candidate_name(app)
+        convert_fp32(weights, fp32, app)
+        for ranges in RANGES:
+            quantize_int8(fp32, calib, out_dir / candidate_name(app, ranges), ranges, app)
+METADATA_NAME = "dog_emotion.meta.json"
+
+
+def embed_metadata(path: Path, meta: dict) -> None:
+    """Add the record as the model's metadata entry METADATA_NAME (a buffer of JSON text)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    buffer = schema.BufferT()
+    buffer.data = list(json.dumps(meta).encode())
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
+    builder = flatbuffers.Builder(path.stat().st_size + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())
+
+
+def read_metadata(path: Path) -> dict | None:
+    """The record embed_metadata wrote, or None when the file has none."""
+    from ai_edge_litert import schema_py_generated as schema
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == METADATA_NAME.encode():
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    return None
+
+
+def quantize_int8(tflite: Path, calib: Path, out: Path, ranges: str, app: bool) -> None:
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import calibrator, quantizer, recipe
     from ai_edge_quantizer.utils import qsv_utils
     images = torch.load(calib, weights_only=True)   # uint8 (N, 3, S, S), decoded by the export
     probe = Interpreter(str(tflite))
     (key, io), = probe.get_signature_list().items()
-    size = int(probe.get_input_details()[0]["shape"][-1])
-    samples = [{io["inputs"][0]: x.numpy()} for x in eval_batches(images, size, 1)]
+    size = int(probe.get_input_details()[0]["shape"][2])   # (1, 3, S, S), or an app form's (1, S, S, 3)
+    batches = app_batches(images, size, 1) if app else eval_batches(images, size, 1)
+    samples = [{io["inputs"][0]: x.numpy()} for x in batches]
     q = quantizer.Quantizer(str(tflite))
     q.load_quantization_recipe(recipe.static_wi8_ai8())
     # Quantizer.calibrate has no choice of range update; its Calibrator does (the same call inside)
@@ -61,21 +116,11 @@ def quantize_int8(tflite: Path, calib: Path, out: Path, ranges: str) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="precision", required=True)
-    fp32 = sub.add_parser("fp32", help="convert a weights file to a FP32 .tflite")
-    fp32.add_argument("--weights", required=True, help="weights .pkl (the export's, temperature folded in)")
-    int8 = sub.add_parser("int8", help="quantize a FP32 .tflite to static INT8")
-    int8.add_argument("--tflite", required=True, help="the FP32 .tflite to quantize")
-    int8.add_argument("--calib", required=True, help="calibration images: a uint8 tensor saved with torch.save")
-    int8.add_argument("--ranges", choices=RANGES, default=RANGES[0],
-                      help="how each activation's range is taken from the calibration images (default: %(default)s)")
-    for p in (fp32, int8):
-        p.add_argument("--out", required=True, help="the .tflite file to write")
+    ap.add_argument("--weights", required=True, help="weights .pkl (the export's, temperature folded in)")
+    ap.add_argument("--calib", required=True, help="INT8 calibration images: a uint8 tensor saved with torch.save")
+    ap.add_argument("--out-dir", required=True, help="an existing folder for the candidate files (candidate_name)")
     args = ap.parse_args(argv)
-    if args.precision == "fp32":
-        convert_fp32(args.weights, Path(args.out))
-    else:
-        quantize_int8(Path(args.tflite), Path(args.calib), Path(args.out), args.ranges)
+    convert_all(args.weights, Path(args.calib), Path(args.out_dir))
 
 
 if __name__ == "__main__":

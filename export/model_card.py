@@ -128,7 +128,8 @@ def details(model, ckpt: dict, cal: dict, recipe: dict | None) -> str:
 - Input: one RGB photo, made upright from its EXIF orientation, shorter side resized to
   {spec['resize_shorter_side']} px, centre-cropped to {model.config.input_size} px, scaled to [0, 1] and normalised with
   mean {spec['mean']} and std {spec['std']} (`{METADATA_SIDECAR}` has the record).
-- Output: logits for {', '.join(ckpt['classes'])}; softmax gives probabilities {temperature}.
+- Output: logits for {', '.join(ckpt['classes'])}; softmax gives probabilities {temperature}. The app forms
+  (`*.app.*`) take the uint8 crop itself and give those probabilities.
 - Training: {training}; code MIT-licensed (LICENSE).
 """
 
@@ -228,8 +229,11 @@ Speed ({speed_source}):
 Which file goes where (`python -m export.formats` lists every format):
 
 {which_file(kept)}
-`{METADATA_SIDECAR}` holds the class names and the preprocessing as JSON for the formats without
-metadata and for the web (docs/deployment.md). LiteRT in this export: {info['tflite']}.
+Every file holds the class names and the preprocessing inside it (ONNX metadata, an ExecuTorch
+`metadata` method, a LiteRT metadata buffer, a TorchScript extra file), and `{METADATA_SIDECAR}`
+holds the same record as JSON for the web (docs/deployment.md). The app forms (`*.app.*`) take the
+uint8 RGB crop (NHWC) and give the calibrated probabilities; their "max abs logit diff" is in
+probability. LiteRT in this export: {info['tflite']}.
 """
 
 

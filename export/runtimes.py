@@ -15,8 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from export.executorch_export import METADATA_METHOD
 from export.formats import FORMATS, METADATA_SIDECAR
-from train.data import DataError, center_crop, eval_batches
+from export.app_form import app_batches
+from train.data import DataError, eval_batches
 
 BATCH = 32  # the largest batch every format takes (the .pte programs are exported for 1..32)
 
@@ -31,9 +33,36 @@ def exported_from(export_dir: Path) -> str | None:
         raise DataError(f"{meta_path}: cannot read the export's record ({e}); run `make export` first") from None
 
 
+def file_metadata(fmt: str, path: str | Path) -> dict:
+    """The metadata record inside an exported file (class labels, preprocessing, input and output),
+    read by the format's own runtime; {} when the file holds none."""
+    runtime = FORMATS[fmt].runtime
+    if runtime == "onnxruntime":
+        raw = ort_session(path, ort_format=FORMATS[fmt].file.endswith(".ort")).get_modelmeta().custom_metadata_map
+        return {k: _json_or_text(v) for k, v in raw.items()}
+    if runtime == "executorch":
+        from executorch.runtime import Runtime
+        program = Runtime.get().load_program(str(path))
+        return json.loads(program.load_method(METADATA_METHOD).execute([])[0]) if METADATA_METHOD in program.method_names else {}
+    if runtime == "litert":
+        from export.litert_export import read_metadata
+        return read_metadata(Path(path)) or {}
+    files = {METADATA_SIDECAR: ""}
+    torch.jit.load(str(path), _extra_files=files)
+    return json.loads(files[METADATA_SIDECAR]) if files[METADATA_SIDECAR] else {}
+
+
+def _json_or_text(value: str):
+    """ONNX metadata holds strings: the lists and objects are JSON text, the rest plain words."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
 def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    if ort_format:  # onnxruntime guesses the format from the extension, which a temp name lacks
+    if ort_format:  # onnxruntime guesses the format from the extension, which a temp name lacks: the registry says
         opts.add_session_config_entry("session.load_model_format", "ORT")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -66,7 +95,7 @@ def _executorch_runner(fmt: str, path, threads: int):
 
 
 def _onnxruntime_runner(fmt: str, path, threads: int):
-    sess = ort_session(path, threads, ort_format=Path(path).suffix == ".ort" or fmt.startswith("ort"))
+    sess = ort_session(path, threads, ort_format=FORMATS[fmt].file.endswith(".ort"))
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 
@@ -93,9 +122,9 @@ RUNNERS = {"torch": _torchscript_runner, "onnxruntime": _onnxruntime_runner, "ex
 
 
 def _to_tensor(x: np.ndarray, detail: dict) -> np.ndarray:
-    """A float batch as the input tensor takes it: as is, or quantized with the tensor's own scale
-    and zero point (the INT8 file is integer end to end)."""
-    if detail["dtype"] == np.float32:
+    """A batch as the input tensor takes it: as is (float, or an app form's uint8 crops), or a float
+    batch quantized with the tensor's own scale and zero point (the INT8 file is integer end to end)."""
+    if detail["dtype"] == x.dtype:
         return x
     scale, zero = detail["quantization"]
     bounds = np.iinfo(detail["dtype"])
@@ -118,8 +147,8 @@ def model_inputs(fmt: str, images_uint8: torch.Tensor, input_size: int, batch: i
     """A decoded split as the format takes it, in batches, in order: normalised float NCHW, or for
     an app form the uint8 NHWC crops themselves (what a phone's bitmap holds)."""
     if fmt != "eager" and FORMATS[fmt].app:
-        for i in range(0, len(images_uint8), batch):
-            yield center_crop(images_uint8[i:i + batch], input_size).permute(0, 2, 3, 1).contiguous().numpy()
+        for x in app_batches(images_uint8, input_size, batch):
+            yield x.numpy()
     else:
         for x in eval_batches(images_uint8, input_size, batch):
             yield x.numpy()

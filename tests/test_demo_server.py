@@ -16,12 +16,12 @@ RUNTIME = "node_modules/onnxruntime-web/dist"
 @pytest.fixture
 def server(tmp_path):
     root = tmp_path / "web"
-    for rel in ("index.html", "app.js", "style.css", "serve.py", "models/dog_emotion.onnx", "models/other.onnx",
+    for rel in ("index.html", "app.js", "style.css", "serve.py", "models/dog_emotion.app.onnx", "models/dog_emotion.onnx",
                 f"{RUNTIME}/ort.wasm.min.js", f"{RUNTIME}/ort-wasm-simd-threaded.wasm",
                 "node_modules/onnxruntime-web/package.json", f"{RUNTIME}/sub/x.js"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(rel)
-    (root / "models" / "dog_emotion.int8.onnx").symlink_to(root / "serve.py")   # a link inside web/: never followed
+    (root / "models" / "dog_emotion.app.int8.onnx").symlink_to(root / "serve.py")   # a link inside web/: never followed
     srv = serve.make_server("127.0.0.1", 0, root, timeout=0.5, workers=4, header_deadline=1.0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv
@@ -40,12 +40,12 @@ def get(srv, path: str) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize("path, status", [
-    ("/", 200), ("/index.html", 200), ("/app.js?v=2", 200), ("/models/dog_emotion.onnx", 200),
+    ("/", 200), ("/index.html", 200), ("/app.js?v=2", 200), ("/models/dog_emotion.app.onnx", 200),
     (f"/{RUNTIME}/ort.wasm.min.js", 200), (f"/{RUNTIME}/ort-wasm-simd-threaded.wasm", 200),
     ("/serve.py", 404), ("/serve.py%00.html", 404), ("/models/", 404), ("/node_modules/", 404),
-    (f"/{RUNTIME}/", 404), ("/models/other.onnx", 404), ("/node_modules/onnxruntime-web/package.json", 404),
-    (f"/{RUNTIME}/sub/x.js", 404), ("/models/dog_emotion.int8.onnx", 404), ("/../web/index.html", 404), ("/%2e%2e/web/index.html", 404),
-    ("/models%2fdog_emotion.onnx%ff", 404), ("//etc/passwd", 404),
+    (f"/{RUNTIME}/", 404), ("/models/dog_emotion.onnx", 404), ("/node_modules/onnxruntime-web/package.json", 404),
+    (f"/{RUNTIME}/sub/x.js", 404), ("/models/dog_emotion.app.int8.onnx", 404), ("/../web/index.html", 404), ("/%2e%2e/web/index.html", 404),
+    ("/models%2fdog_emotion.app.onnx%ff", 404), ("//etc/passwd", 404),
 ])
 def test_only_the_pages_files_are_served(server, capfd, path, status):
     code, body = get(server, path)
@@ -83,7 +83,7 @@ def test_bad_port_and_host_are_one_line_errors(tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit) as e:
             serve.main(["--port", port])
         assert e.value.code == 2 and "--port" in capsys.readouterr().err
-    for rel in ("models/dog_emotion.onnx", "models/dog_emotion.meta.json", "node_modules/onnxruntime-web/x"):
+    for rel in ("models/dog_emotion.app.onnx", "models/dog_emotion.meta.json", "node_modules/onnxruntime-web/x"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
     monkeypatch.setattr(serve, "HERE", tmp_path)

@@ -17,7 +17,7 @@ import torch
 from benchmark import bench, inference, training_layouts
 from export import export as exporter
 from export.profile import profile
-from export.runtimes import FORMATS, METADATA_SIDECAR, batched_logits, make_runner, model_inputs, ort_session
+from export.runtimes import FORMATS, METADATA_SIDECAR, batched_logits, file_metadata, make_runner, model_inputs, ort_session
 from mobile_model import build_model, count_parameters
 from export.calibration import fold_temperature
 from train.checkpoint import load_for_export, load_weights, state_digest
@@ -64,10 +64,18 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     assert json.loads(meta["classes"]) == ckpt["classes"]
     assert json.loads(meta["preprocess"])["center_crop_2"] == size
     assert json.loads(meta["preprocess"]) == preprocess_spec(size)
-    # the .pte files carry no metadata: the sidecar holds the same record as the ONNX file
+    # the sidecar holds the same record as the ONNX file
     sidecar = json.loads((out / exporter.METADATA_SIDECAR).read_text())   # plain JSON: lists and objects
     assert {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar.items()} == meta
     assert sidecar["classes"] == ckpt["classes"] and sidecar["params"] == ckpt["params"]
+    # and every file holds it too, read back by the format's own runtime
+    written = [f for f in exporter.FORMAT_TABLE if (out / f.file).is_file()]
+    assert len(written) >= 11
+    for f in written:
+        record = file_metadata(f.name, out / f.file)
+        assert record["classes"] == ckpt["classes"] and record["preprocess"] == preprocess_spec(size), f.name
+        assert record["weights_sha256"] == sidecar["weights_sha256"], f.name
+        assert (record["input_layout"] == "NHWC") if f.app else ("input_layout" not in record), f.name
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
 
 
@@ -79,17 +87,21 @@ def test_the_app_forms_take_a_bitmaps_bytes_and_give_eagers_probabilities_with_t
     by_fmt = {r["format"]: r for r in rows}
     test = load_folder(real_data / "test", ckpt["classes"], storage_size(model.config.input_size))
     eager = torch.softmax(torch.from_numpy(batched_logits(make_runner("eager", model=model), test.images, 112)), 1).numpy()
-    for fmt in ("onnx_app", "ort_app", "pte_app"):
-        # the export's own check: on every test photo, from the same uint8 crops, the same label and
-        # every probability within 1e-4 of eager's softmax
-        assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4
+    apps = [f.name for f in exporter.FORMAT_TABLE if f.app and (f.environment != exporter.LITERT_ENV or litert_installed())]
+    for fmt in apps:
+        if FORMATS[fmt].precision == "fp32":
+            # the export's own check: on every test photo, from the same uint8 crops, the same label and
+            # every probability within 1e-4 of eager's softmax
+            assert by_fmt[fmt]["top-1 agreement (%)"] == 100 and by_fmt[fmt]["max abs logit diff"] <= 1e-4, fmt
+        elif (out / FORMATS[fmt].file).is_file():    # INT8: kept by the INT8 rule (test_int8_runs_and_agrees_with_fp32)
+            assert by_fmt[fmt]["kept"] == "yes" and by_fmt[fmt]["top-1 agreement (%)"] >= 95, fmt
+    assert {"onnx_app", "ort_app", "pte_app"} <= set(apps)
+    crops = next(model_inputs("onnx_app", test.images, 112, len(test.images)))
+    assert crops.dtype == np.uint8 and crops.shape == (len(test.images), 112, 112, 3)
     for fmt in ("onnx_app", "ort_app"):
         session = ort_session(out / FORMATS[fmt].file, ort_format=fmt.startswith("ort"))
-        (inp,), meta = session.get_inputs(), session.get_modelmeta().custom_metadata_map
-        assert inp.type == "tensor(uint8)" and inp.shape[1:] == [112, 112, 3] and meta["input_layout"] == "NHWC"
-        assert json.loads(meta["classes"]) == ckpt["classes"]   # read back from the file by its own runtime
-        crops = next(model_inputs(fmt, test.images, 112, len(test.images)))
-        assert crops.dtype == np.uint8 and crops.shape == (len(test.images), 112, 112, 3)
+        (inp,) = session.get_inputs()
+        assert inp.type == "tensor(uint8)" and inp.shape[1:] == [112, 112, 3]
         probs = session.run(None, {inp.name: crops})[0]
         np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
         assert np.abs(probs - eager).max() <= 1e-4
@@ -122,12 +134,14 @@ def test_int8_runs_and_agrees_with_fp32(exported):
     assert len(int8) == len(exporter.QUANT_SETTINGS) and "VNNI" in info["cpu"]
     # the other INT8 files, by the task's rule: written (and kept) only if within 1 point of FP32's
     # accuracy with FP32's label on >= 95% of test
-    for name in ["pte"] + (["tflite"] if litert_installed() else []):
-        int8_row = next(r for r in rows if r["format"] == f"{name}_int8")
-        fp32_row = next(r for r in rows if r["format"] == f"{name}_fp32")
+    pairs = [("pte_int8", "pte_fp32"), ("onnx_app_int8", "onnx_app"), ("pte_app_int8", "pte_app")]
+    pairs += [("tflite_int8", "tflite_fp32"), ("tflite_app_int8", "tflite_app")] if litert_installed() else []
+    for int8_fmt, fp32_fmt in pairs:
+        int8_row = next(r for r in rows if r["format"] == int8_fmt)
+        fp32_row = next(r for r in rows if r["format"] == fp32_fmt)
         passes = int8_row["top-1 agreement (%)"] >= 95 and fp32_row["accuracy (%)"] - int8_row["accuracy (%)"] <= 1.0
-        assert (int8_row["kept"] == "yes") == passes == (out / f"dog_emotion.int8.{name}").is_file()
-    assert "aten.flip.default" in info["pte_ops_outside_xnnpack"]["fp32"]   # the mirror of flip averaging
+        assert (int8_row["kept"] == "yes") == passes == (out / FORMATS[int8_fmt].file).is_file(), int8_fmt
+    assert "aten.flip.default" in info["pte_ops_outside_xnnpack"]["pte_fp32"]   # the mirror of flip averaging
     assert (out / "dog_emotion.int8.onnx").stat().st_size < (out / "dog_emotion.onnx").stat().st_size
 
 
@@ -233,15 +247,15 @@ def checksums(folder: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_a_failed_export_leaves_the_previous_set_as_it_was(real_data, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
-        raise RuntimeError("lowering crashed")
+        raise RuntimeError("conversion crashed")
 
     earlier = tmp_path / "out"   # an earlier export's set (its record marks it as one)
     earlier.mkdir()
     (earlier / exporter.METADATA_SIDECAR).write_text('{"weights_sha256": "earlier"}')
     (earlier / "dog_emotion.int8.pte").write_bytes(b"the earlier model")
     before = checksums(earlier)
-    monkeypatch.setattr(exporter, "export_pte", broken)
-    with pytest.raises(RuntimeError, match="lowering crashed"):
+    monkeypatch.setattr(exporter, "convert_to_ort", broken)   # the third format: two are written in the staging folder
+    with pytest.raises(RuntimeError, match="conversion crashed"):
         exporter.run_export(str(SHIPPED_WEIGHTS), str(real_data), earlier, 8, 0)
     assert checksums(earlier) == before, "no file of the new model beside the earlier set's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "the staging folder is removed"
@@ -288,9 +302,9 @@ def test_pte_and_tflite_of_a_small_generated_model_and_a_failed_check(nano_weigh
     assert "`nano.pkl`" in card and "4 classes (angry, happy, relaxed, sad)" in card
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
     by_fmt = {r["format"]: r for r in rows}
-    fp32, int8 = ["pte_fp32"], ["pte_int8"]
+    fp32, int8 = ["pte_fp32"], ["pte_int8", "pte_app_int8", "onnx_app_int8"]
     if litert_installed():
-        fp32, int8 = fp32 + ["tflite_fp32"], int8 + ["tflite_int8"]
+        fp32, int8 = fp32 + ["tflite_fp32"], int8 + ["tflite_int8", "tflite_app_int8"]
     else:
         assert "tflite_fp32" not in by_fmt and "make venv-litert" in info["tflite"]
     for fmt in fp32:   # kept: it matches eager
@@ -345,7 +359,7 @@ def test_export_without_flip_averaging(nano_weights, split_root, tmp_path, monke
                                      temperature=False)
     assert info["flip_average"] is False
     # no mirror image in any program: nothing of it left for portable kernels
-    assert "aten.flip.default" not in info["pte_ops_outside_xnnpack"]["fp32"]
+    assert "aten.flip.default" not in info["pte_ops_outside_xnnpack"]["pte_fp32"]
     meta = json.loads((tmp_path / "out" / exporter.METADATA_SIDECAR).read_text())
     assert meta["config"]["flip_average"] is False
     # every FP32 file computes the single pass, not the shipped flip average

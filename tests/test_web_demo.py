@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import load_serve
+from export.formats import web_files
 from export.runtimes import FORMATS, make_runner
+from train.classifier import app_input
 from train.checkpoint import load_weights
 from train.common import REPO_ROOT, SHIPPED_WEIGHTS
 from train.data import load_input
@@ -44,7 +47,7 @@ def page(exported, tmp_path_factory):
     for name in ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"):
         shutil.copy(WEB / "node_modules" / "onnxruntime-web" / "dist" / name, runtime / name)
     (root / "models").mkdir()
-    for name in ("dog_emotion.onnx", "dog_emotion.int8.onnx", "dog_emotion.meta.json"):
+    for name in web_files():   # what `make demo` serves: the app forms and the metadata record
         shutil.copy(out / name, root / "models" / name)
     server = load_serve().make_server("127.0.0.1", 0, root)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -75,27 +78,28 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def test_wasm_runtime_matches_python_onnxruntime_on_the_same_tensor(page, exported, real_data):
+def test_wasm_runtime_matches_python_onnxruntime_on_the_same_crop(page, exported, real_data):
+    """The page's app-form files in WebAssembly and in Python onnxruntime, fed the same uint8 crop."""
     out, _, _ = exported
     model, ckpt = load_weights(SHIPPED_WEIGHTS)
-    runs = {key: make_runner(fmt, out / FORMATS[fmt].file) for key, fmt in (("fp32", "onnx_fp32"), ("int8", "onnx_int8"))}
+    runs = {key: make_runner(fmt, out / FORMATS[fmt].file) for key, fmt in (("fp32", "onnx_app"), ("int8", "onnx_app_int8"))}
     photos = [p for c in ckpt["classes"] for p in sorted((real_data / "test" / c).iterdir())[:6]]   # 24, all classes
     worst = {"fp32": 0.0, "int8": 0.0}
     for path in photos:
-        x = load_input(path, model.config.input_size).numpy()
+        crop = app_input(Image.open(path).convert("RGB"), model.config.input_size).numpy()
         for key, run in runs.items():
-            got = np.array(page.evaluate("([v, k]) => window.logitsOf(v, k)", [x.ravel().tolist(), key]))
-            worst[key] = max(worst[key], float(np.abs(got - run(x)[0]).max()))
-    print(f"WASM vs Python onnxruntime, same tensor, {len(photos)} photos: max |logit diff| {worst}")
+            got = np.array(page.evaluate("([v, k]) => window.probabilitiesOf(v, k)", [crop.ravel().tolist(), key]))
+            worst[key] = max(worst[key], float(np.abs(got - np.exp(run(crop)[0])).max()))
+    print(f"WASM vs Python onnxruntime, same uint8 crop, {len(photos)} photos: max |probability diff| {worst}")
     assert worst["fp32"] <= 1e-4, worst
 
 
 def test_page_classifies_every_test_photo_like_python(page, real_data, tmp_path):
     """End to end through the file input and the page's own preprocessing."""
     from matplotlib import cbook
-    from PIL import Image
     model, ckpt = load_weights(SHIPPED_WEIGHTS)
     run = make_runner("eager", model=model)
+    temperature = ckpt["calibration"]["temperature"]   # folded into the exported files: `predict` applies it too
     photos = sorted(p for c in ckpt["classes"] for p in (real_data / "test" / c).iterdir())
     big = tmp_path / "big_3000px.jpg"                      # a large photo, made from a test image
     Image.open(photos[0]).convert("RGB").resize((3000, 2250)).save(big, quality=90)
@@ -112,7 +116,7 @@ def test_page_classifies_every_test_photo_like_python(page, real_data, tmp_path)
         for path in files:
             got = classify(page, path, key)
             assert got["file"] == path.name and got["model"] == key and got["ms"] > 0
-            ref = softmax(run(load_input(path, model.config.input_size).numpy())[0])
+            ref = softmax(run(load_input(path, model.config.input_size).numpy())[0] / temperature)
             same += got["label"] == ckpt["classes"][int(ref.argmax())]
             gap = max(gap, max(abs(got["probabilities"][c] - float(p)) for c, p in zip(ckpt["classes"], ref)))
         stats[key] = {"photos": len(files), "agreement_pct": round(100 * same / len(files), 2),

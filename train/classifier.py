@@ -15,7 +15,6 @@ same probabilities to float rounding.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,19 +34,14 @@ class Classifier:
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int = 1):
         path = Path(path)
         if path.suffix in (".onnx", ".ort"):
-            from export.runtimes import ort_session   # onnxruntime only when an exported file is used
-            session = ort_session(path, threads, ort_format=path.suffix == ".ort")
-            meta = session.get_modelmeta().custom_metadata_map
+            from export.runtimes import file_metadata, make_runner   # onnxruntime only when an exported file is used
+            meta = file_metadata(f"{path.suffix[1:]}_fp32", path)
             if "classes" not in meta or "preprocess" not in meta:
                 raise DataError(f"{path}: no class labels and preprocessing in its metadata (not a file of `make export`)")
-            self.classes = json.loads(meta["classes"])
-            self.input_size = int(json.loads(meta["preprocess"])["center_crop_2"])
-            name, app = session.get_inputs()[0].name, meta.get("input_layout") == "NHWC"
-            if app:   # the app form: the uint8 crop in, probabilities out (their log: logits up to a constant)
-                self._logits = lambda x: np.log(np.maximum(session.run(None, {name: x.numpy()})[0], 1e-30))
-            else:
-                self._logits = lambda x: session.run(None, {name: x.numpy()})[0]
-            self._input = app_input if app else preprocess
+            self.classes, self.input_size = meta["classes"], int(meta["preprocess"]["center_crop_2"])
+            app = meta.get("input_layout") == "NHWC"   # the app form: the uint8 crop in, probabilities out
+            run = make_runner(f"{path.suffix[1:]}_{'app' if app else 'fp32'}", path, threads=threads)
+            self._logits, self._input = (lambda x: run(x.numpy())), (app_input if app else preprocess)
         else:
             model, ckpt = load_weights(path)
             model.to(device)
@@ -80,13 +74,13 @@ class Classifier:
             paths = expand_inputs([str(item)])
             if not paths:
                 raise DataError(f"{item}: no image files found")
-            for path in paths:
-                rows.append(self.label_file(path))
+            rows += [self.label_file(path)[0] for path in paths]
         return rows
 
-    def label_file(self, path: Path) -> dict:
+    def label_file(self, path: Path) -> tuple[dict, Image.Image | None]:
+        """The result for one image file, and the image as decoded (None when it cannot be read)."""
         try:
             img = load_rgb(path, min_side=storage_size(self.input_size))
         except BadImage as e:
-            return {"file": str(path), "error": str(e)}
-        return self.label(img, str(path))
+            return {"file": str(path), "error": str(e)}, None
+        return self.label(img, str(path)), img

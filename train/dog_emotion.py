@@ -24,7 +24,7 @@ from train.classifier import Classifier
 from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, at_least, command_errors, device_name, markdown_table, percent, progress,
                           resolve_device)
 from train.data import (DEFAULT_DATA, DataError, check_data_root, class_names, expand_inputs, is_split_root,
-                        load_folder, load_rgb, storage_size)
+                        load_folder, storage_size)
 from train.distributed import teardown
 from train.plots import plot_prediction, plot_runs
 from train.recipes import add_train_options, recipe_defaults
@@ -81,7 +81,7 @@ def cmd_predict(args) -> list[dict]:
         check_annotation_folder(Path(args.out), paths)
     results, failed = [], 0
     for path in progress(paths, desc="predict", unit="img"):
-        row = classifier.label_file(path)
+        row, img = classifier.label_file(path)
         results.append(row)
         if "error" in row:
             failed += 1
@@ -90,7 +90,6 @@ def cmd_predict(args) -> list[dict]:
         print(json.dumps(row) if args.json else
               f"{path}: {row['label']}  " + "  ".join(f"{c} {p:.3f}" for c, p in row["probabilities"].items()))
         if args.out:
-            img = load_rgb(path, min_side=storage_size(classifier.input_size))
             row["annotated"] = str(plot_prediction(img, row, Path(args.out) / f"{len(results) - 1:04d}_{path.stem}.png"))
     if failed:
         raise DataError(f"{failed} of {len(paths)} images could not be read")

@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,15 +38,19 @@ STUDENT_SEEDS = (0, 1, 2)   # the shipped recipe's seeds: seed 0 ships (declared
 class Step:
     name: str
     argv: list[str]                       # python -m ... arguments
-    output: Path                          # complete when this exists (a temperature: when the weights record one)
+    output: Path                          # what the step writes
     needs: list[str] = field(default_factory=list)
     logged_as: str = ""                   # the run log's run of the same step: its minutes estimate this one
     resumable: Path | None = None         # a training run's last.ckpt
+    complete: Callable[[Path], bool] = Path.is_file   # whether `output` says the step is done
 
     def done(self) -> bool:
-        if self.name == "temperature":
-            return self.output.is_file() and "calibration" in torch.load(self.output, weights_only=True)
-        return self.output.is_file()
+        return self.complete(self.output)
+
+
+def records_temperature(weights: Path) -> bool:
+    """The temperature step writes into the student's weights file: done once that records one."""
+    return weights.is_file() and "calibration" in torch.load(weights, weights_only=True)
 
 
 def train_step(name: str, out: Path, options: list[str], needs: list[str], logged_as: str, extra: list[str]) -> Step:
@@ -77,7 +82,7 @@ def steps(data: str, out: Path, smoke: bool = False) -> list[Step]:
     student = str(runs / "student-s0" / "dog_emotion.pkl")
     chain.append(Step("temperature", ["export.calibration", "--weights", student, "--data", data,
                                       "--sibling", str(runs / "sibling" / "dog_emotion.pkl")],
-                      Path(student), ["student-s0", "sibling"]))
+                      Path(student), ["student-s0", "sibling"], complete=records_temperature))
     chain.append(Step("export", ["export.export", "--weights", student, "--data", data, "--out", str(out / "export"),
                                  *(["--calib-count", "16"] if smoke else [])],
                       out / "export" / "dog_emotion.meta.json", ["temperature"]))

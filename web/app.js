@@ -1,16 +1,17 @@
-// The dog-emotion demo: pick a photo, preprocess it as the export's metadata says, run the ONNX
-// model with onnxruntime-web, show the class probabilities. The last outcome is kept as JSON in
+// The dog-emotion demo: pick a photo, resize and crop it as the export's metadata says, hand the
+// crop's RGB bytes to the app form of the model (dog_emotion.app.onnx: uint8 NHWC in, calibrated
+// probabilities out; normalisation is in the graph) with onnxruntime-web, show the probabilities. The last outcome is kept as JSON in
 // #result's data-json ({"file","label","probabilities","ms","model"} or {"file","error"}), the
 // keys of `predict --json`, for tests and scripts.
 "use strict";
 
-const MODELS = { fp32: "models/dog_emotion.onnx", int8: "models/dog_emotion.int8.onnx" };
-const METADATA = "models/dog_emotion.meta.json";   // written by `make export` from the ONNX metadata record
+const MODELS = { fp32: "models/dog_emotion.app.onnx", int8: "models/dog_emotion.app.int8.onnx" };
+const METADATA = "models/dog_emotion.meta.json";   // written by `make export`: the labels and the resize/crop rule
 // the time shown is the median of these, after one warm-up run (?runs=N changes it: tests use 1)
 const TIMED_RUNS = Number(new URLSearchParams(location.search).get("runs") || 5);
 
 const $ = (id) => document.getElementById(id);
-let meta = null;            // {classes: [...], preprocess: {...}, input_name, output_name}
+let meta = null;            // {classes: [...], preprocess: {...}}
 const sessions = {};        // model key -> InferenceSession, created on first use
 let latest = 0;             // a newer pick supersedes a classification still running
 
@@ -21,7 +22,7 @@ function show(outcome) {
 
 async function loadMetadata() {
   const raw = await (await fetch(METADATA)).json();
-  return { classes: raw.classes, preprocess: raw.preprocess, input: raw.input_name, output: raw.output_name };
+  return { classes: raw.classes, preprocess: raw.preprocess };
 }
 
 async function session(key) {
@@ -31,9 +32,9 @@ async function session(key) {
   return sessions[key];
 }
 
-// The export's preprocessing: shorter side to resize_shorter_side (bilinear, smoothed), centre
-// crop, centre crop the input size, RGB scaled to [0, 1], normalised with mean/std, NCHW.
-function toTensor(bitmap, p) {
+// The export's resize and crop: shorter side to resize_shorter_side (bilinear, smoothed), centre
+// crop, centre crop the input size; the crop's RGB bytes, NHWC, are what the app form takes.
+function toInput(bitmap, p) {
   const size = p.center_crop_2;
   const scale = p.resize_shorter_side / Math.min(bitmap.width, bitmap.height);
   const w = Math.max(p.resize_shorter_side, Math.round(bitmap.width * scale));
@@ -46,22 +47,21 @@ function toTensor(bitmap, p) {
   ctx.imageSmoothingQuality = "high";
   ctx.drawImage(bitmap, 0, 0, w, h);
   const rgba = ctx.getImageData(left, top, size, size).data;
-  const x = new Float32Array(3 * size * size);
+  const rgb = new Uint8Array(3 * size * size);
   for (let i = 0; i < size * size; i++) {
-    for (let c = 0; c < 3; c++) {
-      x[c * size * size + i] = (rgba[4 * i + c] / 255 - p.mean[c]) / p.std[c];
-    }
+    rgb.set(rgba.subarray(4 * i, 4 * i + 3), 3 * i);      // drop alpha
   }
   const preview = $("preview").getContext("2d");
   preview.drawImage(canvas, left, top, size, size, 0, 0, $("preview").width, $("preview").height);
-  return new ort.Tensor("float32", x, [1, 3, size, size]);
+  return rgb;
 }
 
-function softmax(logits) {
-  const m = Math.max(...logits);
-  const e = logits.map((v) => Math.exp(v - m));
-  const s = e.reduce((a, b) => a + b, 0);
-  return e.map((v) => v / s);
+// The app form's probabilities for a crop's RGB bytes (NHWC)
+async function runModel(rgb, key) {
+  const size = meta.preprocess.center_crop_2;
+  const sess = await session(key);
+  const out = await sess.run({ [sess.inputNames[0]]: new ort.Tensor("uint8", rgb, [1, size, size, 3]) });
+  return Array.from(out[sess.outputNames[0]].data);
 }
 
 function drawBars(probabilities, label) {
@@ -88,20 +88,17 @@ async function classify(file) {
     return;
   }
   try {
-    const input = toTensor(bitmap, meta.preprocess);
-    const sess = await session(key);
-    const feeds = { [meta.input]: input };
-    let out = await sess.run(feeds);                 // warm-up
+    const rgb = toInput(bitmap, meta.preprocess);
+    let probs = await runModel(rgb, key);     // warm-up
     const times = [];
     for (let i = 0; i < TIMED_RUNS; i++) {
       const t0 = performance.now();
-      out = await sess.run(feeds);
+      probs = await runModel(rgb, key);
       times.push(performance.now() - t0);
     }
     if (token !== latest) return;                    // the user picked another photo meanwhile
     times.sort((a, b) => a - b);
     const ms = times[Math.floor(times.length / 2)];
-    const probs = softmax(Array.from(out[meta.output].data));
     const probabilities = Object.fromEntries(meta.classes.map((c, i) => [c, Number(probs[i].toFixed(4))]));
     const label = meta.classes[probs.indexOf(Math.max(...probs))];
     drawBars(probabilities, label);
@@ -115,14 +112,9 @@ async function classify(file) {
   }
 }
 
-// For tests: the logits of the selected model for a tensor made elsewhere (Python's preprocessing),
-// so the WebAssembly runtime can be compared with Python onnxruntime on the very same input.
-window.logitsOf = async (values, key) => {
-  const size = meta.preprocess.center_crop_2;
-  const input = new ort.Tensor("float32", Float32Array.from(values), [1, 3, size, size]);
-  const out = await (await session(key)).run({ [meta.input]: input });
-  return Array.from(out[meta.output].data);
-};
+// For tests: the probabilities of the selected model for crop bytes made elsewhere (Python's resize
+// and crop), so the WebAssembly runtime can be compared with Python onnxruntime on the very same input.
+window.probabilitiesOf = async (values, key) => runModel(Uint8Array.from(values), key);
 
 async function main() {
   // WebAssembly threads need cross-origin isolation (serve.py sends the headers); one thread otherwise

@@ -161,7 +161,7 @@ def main(argv=None) -> None:
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for other devices (default: %(default)s)")
     ap.add_argument("--port", type=port_number, default=8000, help="port, 0-65535; 0 picks a free one (default: %(default)s)")
     args = ap.parse_args(argv)
-    missing = [p for p in ("models/dog_emotion.onnx", f"models/{METADATA_SIDECAR}", "node_modules/onnxruntime-web")
+    missing = [p for p in (f"models/{web_files()[0]}", f"models/{METADATA_SIDECAR}", "node_modules/onnxruntime-web")
                if not (HERE / p).exists()]
     if missing:
         raise SystemExit(f"error: {', '.join(missing)} missing in {HERE}; run `make demo`")
