@@ -111,7 +111,7 @@ def export_onnx(model, tmp: Path, meta: dict, example: torch.Tensor | None = Non
 
 def write_onnx_app(job: "ExportJob", tmp: Path) -> None:
     size = job.size
-    export_onnx(AppForm(job.model).eval(), tmp, app_metadata(job.meta), torch.zeros(2, size, size, 3, dtype=torch.uint8))
+    export_onnx(AppForm(job.model).eval(), tmp, job.record("onnx_app"), torch.zeros(2, size, size, 3, dtype=torch.uint8))
 
 
 def convert_to_ort(onnx_path: Path, tmp: Path) -> None:
@@ -176,6 +176,11 @@ QUANT_SETTINGS = [
 ]
 
 
+def setting_columns(setting: QuantSetting) -> dict:
+    """An INT8 ONNX file's setting, as its parity row names it."""
+    return {"int8 setting": setting.name, "same on every x86": "yes" if setting.vnni_independent else "no"}
+
+
 def quantize_int8(prepared: Path, tmp: Path, reader: ImageReader, setting: QuantSetting, meta: dict) -> None:
     """`prepared`: the FP32 file after quant_pre_process, made once for all settings."""
     reader.rewind()
@@ -219,6 +224,10 @@ class ExportJob:
     @property
     def size(self) -> int:
         return self.model.config.input_size
+
+    def record(self, fmt: str) -> dict:
+        """The metadata record a format's file carries: the export's, or for an app form its own."""
+        return app_metadata(self.meta) if FORMATS[fmt].app else self.meta
 
     def temp(self, name: str, folder: bool = False) -> Path:
         """A temporary file (or folder) beside the output, removed at the end whatever happens."""
@@ -296,8 +305,9 @@ PTE_INT8 = {"int8 setting": "XNNPACKQuantizer, symmetric per-channel"}
 def write_pte(job: ExportJob, tmp: Path, fmt: str) -> None:
     """A .pte of any of the four rows: FP32 or INT8, the model or its app form."""
     f = FORMATS[fmt]
-    model, meta = (AppForm(job.model).eval(), app_metadata(job.meta)) if f.app else (job.model, job.meta)
-    job.notes[fmt] = export_pte(model, tmp, meta, calibration_batches(job, fmt) if f.precision == INT8 else None, app=f.app)
+    model = AppForm(job.model).eval() if f.app else job.model
+    job.notes[fmt] = export_pte(model, tmp, job.record(fmt), calibration_batches(job, fmt) if f.precision == INT8 else None,
+                                app=f.app)
 
 
 def litert_candidates(job: ExportJob) -> Path:
@@ -332,7 +342,7 @@ def write_tflite(job: ExportJob, tmp: Path, fmt: str) -> dict | None:
                   f"(accuracy {fidelity['val accuracy (%)']}%)")
         chosen, path = max(candidates, key=lambda c: int8_fidelity(c[0]))
         shutil.copy(path, tmp)
-    embed_metadata(tmp, app_metadata(job.meta) if f.app else job.meta)
+    embed_metadata(tmp, job.record(fmt))
     return chosen
 
 
@@ -342,21 +352,17 @@ def search_onnx_int8(job: ExportJob, fmt: str) -> list[dict]:
     difference; never chosen on test: val accuracy above FP32's own is noise, not skill), and it is
     kept if it passes the INT8 rule."""
     rows = []
-    prepared, reader = job.temp("int8-prepared.onnx"), ImageReader(job.calib, job.size, fmt, job.meta["input_name"])
+    prepared, reader = job.temp("int8-prepared.onnx"), ImageReader(job.calib, job.size, fmt, job.record(fmt)["input_name"])
     quant_pre_process(str(job.out / FORMATS["onnx_fp32"].file), str(prepared), skip_symbolic_shape=True)
     for setting in QUANT_SETTINGS:
         tmp = job.temp(FORMATS["onnx_int8"].file)
-        quantize_int8(prepared, tmp, reader, setting, job.meta)
-        r = job.check("onnx_int8", tmp)
-        r["int8 setting"] = setting.name
-        r["same on every x86"] = "yes" if setting.vnni_independent else "no"
-        r.update(job.val_fidelity("onnx_int8", tmp))
-        r["kept"] = "no"
-        rows.append((r, tmp, setting.vnni_independent))
+        quantize_int8(prepared, tmp, reader, setting, job.record(fmt))
+        r = {**job.check("onnx_int8", tmp), **setting_columns(setting), **job.val_fidelity("onnx_int8", tmp), "kept": "no"}
+        rows.append((r, tmp, setting))
         print(f"int8 {setting.name}: val agreement {r['val agreement (%)']}% (accuracy {r['val accuracy (%)']}%), "
               f"test accuracy {r['accuracy (%)']}%, agreement {r['top-1 agreement (%)']}%")
-    best, best_tmp, _ = max((c for c in rows if c[2]), key=lambda c: int8_fidelity(c[0]))
-    job.notes["onnx_int8_setting"] = next(q for q in QUANT_SETTINGS if q.name == best["int8 setting"])
+    best, best_tmp, job.notes["onnx_int8_setting"] = max((c for c in rows if c[2].vnni_independent),
+                                                         key=lambda c: int8_fidelity(c[0]))
     keep(job, fmt, best_tmp, best)
     return [r for r, _, _ in rows]
 
@@ -364,11 +370,11 @@ def search_onnx_int8(job: ExportJob, fmt: str) -> list[dict]:
 def write_onnx_app_int8(job: ExportJob, tmp: Path) -> dict:
     """The app form quantized with the setting the INT8 ONNX search chose (searched once, on the
     float-input file), calibrated on the same images as uint8 crops."""
-    setting, meta = job.notes["onnx_int8_setting"], app_metadata(job.meta)
+    setting, meta = job.notes["onnx_int8_setting"], job.record("onnx_app_int8")
     prepared = job.temp("int8-app-prepared.onnx")
     quant_pre_process(str(job.out / FORMATS["onnx_app"].file), str(prepared), skip_symbolic_shape=True)
     quantize_int8(prepared, tmp, ImageReader(job.calib, job.size, "onnx_app_int8", meta["input_name"]), setting, meta)
-    return {"int8 setting": setting.name, "same on every x86": "yes"}
+    return setting_columns(setting)
 
 
 def one_file(write, columns: dict | None = None):

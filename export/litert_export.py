@@ -65,6 +65,8 @@ def convert_all(weights: str, calib: Path, out_dir: Path) -> None:
         convert_fp32(weights, fp32, app)
         for ranges in RANGES:
             quantize_int8(fp32, calib, out_dir / candidate_name(app, ranges), ranges, app)
+
+
 METADATA_NAME = "dog_emotion.meta.json"
 
 

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from export.app_form import app_batches
 from train.checkpoint import load_weights
-from train.data import BadImage, DataError, center_crop, expand_inputs, load_rgb, preprocess, resize_center_crop, storage_size
+from train.data import BadImage, DataError, expand_inputs, load_rgb, preprocess, resize_center_crop, storage_size
 
 
 def app_input(img: Image.Image, input_size: int) -> torch.Tensor:
     """What an app form takes: the same resize and crop as `preprocess`, left as uint8 NHWC bytes."""
-    return center_crop(resize_center_crop(img, storage_size(input_size))[None], input_size).permute(0, 2, 3, 1).contiguous()
+    return next(app_batches(resize_center_crop(img, storage_size(input_size))[None], input_size, 1))
 
 
 class Classifier:

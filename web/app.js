@@ -1,8 +1,8 @@
 // The dog-emotion demo: pick a photo, resize and crop it as the export's metadata says, hand the
 // crop's RGB bytes to the app form of the model (dog_emotion.app.onnx: uint8 NHWC in, calibrated
-// probabilities out; normalisation is in the graph) with onnxruntime-web, show the probabilities. The last outcome is kept as JSON in
-// #result's data-json ({"file","label","probabilities","ms","model"} or {"file","error"}), the
-// keys of `predict --json`, for tests and scripts.
+// probabilities out; normalisation is in the graph) with onnxruntime-web, show the probabilities.
+// The last outcome is kept as JSON in #result's data-json ({"file","label","probabilities","ms",
+// "model"} or {"file","error"}), the keys of `predict --json`, for tests and scripts.
 "use strict";
 
 const MODELS = { fp32: "models/dog_emotion.app.onnx", int8: "models/dog_emotion.app.int8.onnx" };
