@@ -60,7 +60,7 @@ data: data/dog_emotion ## link the default data set (../shared/datasets/dog_emot
 TRAIN := $(PY) -m train.dog_emotion train --data $(DATA)
 # Recipes say nothing of threads: a run alone takes every core (--threads 0); the search's runs
 # (the pattern rule below) take one each, two side by side. Times: docs/training.md, `make bench`.
-train: $(STAMP) data ## train the shipped model (160 epochs on train + val, distilled from weights/teacher_large_distilled.pkl; RECIPE= another) on all cores -> artifacts/train/
+train: $(STAMP) data ## train the shipped model (`mini14`, 300 epochs on train + val, distilled from the bank of the four teachers in weights/, built first when missing; RECIPE= another) on all cores -> artifacts/train/
 	$(TRAIN) $(RECIPE_ARGS) --threads 0 $(ARGS)
 
 train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things -> artifacts/train-quick/
@@ -74,7 +74,7 @@ train-ddp: $(STAMP) data ## RECIPE as NPROC (default 2) DDP processes via torchr
 
 # nanochat's speedrun: the whole chain behind weights/dog_emotion.pkl from the data alone, each step
 # skipped when its output is complete and stopped runs resumed (train/reproduce.py has the table).
-reproduce: $(STAMP) data ## from the data alone to every shipped file: 3 teachers, the distilled teacher, the recipe's 3 seeds, the train-only sibling, temperature, export, bench; plan and time print first; resumable -> artifacts/reproduce/
+reproduce: $(STAMP) data ## from the data alone to every shipped file: 4 teachers, their bank, the recipe's 3 seeds, the train-only sibling, temperature, export, bench; plan and time print first; resumable -> artifacts/reproduce/
 	$(PY) -m train.reproduce --data $(DATA) $(ARGS)
 
 teacher: $(STAMP) data ## train the 190k teacher from scratch (recipes/large.toml) on all cores -> artifacts/teacher/
@@ -131,8 +131,8 @@ model-card: $(STAMP) ## copy artifacts/export/MODEL_CARD.md to the project's MOD
 	$(PY) -m export.model_card
 
 # The shipped weights learnt val, so their temperature is fitted on the val logits of a sibling: the
-# shipped recipe trained on train only (recipes/mid-final.toml, trained here if missing).
-SIBLING ?= artifacts/runs/mid-final/dog_emotion.pkl
+# shipped recipe trained on train only (recipes/mini14-bank.toml seed 0, trained here if missing).
+SIBLING ?= artifacts/runs/mini14-bank-s0/dog_emotion.pkl
 temperature: $(STAMP) data $(SIBLING) ## record in WEIGHTS the temperature fitted on val with SIBLING's logits (make export folds it)
 	$(PY) -m export.calibration --weights $(WEIGHTS) --sibling $(SIBLING) --data $(DATA)
 

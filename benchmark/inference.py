@@ -10,6 +10,7 @@ stated; the files take a batch of 1, so its batch-32 column is 32 calls.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +33,30 @@ COLUMNS = {"format": "format", "threads": "threads", "size_kb": "size (kB)", "te
 OPTIONAL_FORMATS = tuple(f.name for f in FORMATS.values() if f.optional)
 
 
+def asked_formats(export_dir: Path) -> list[str]:
+    """The rows the export was asked to write (its parity.json; every row for an export made before
+    `--formats`, or a folder without that record)."""
+    try:
+        return [f for f in json.loads((export_dir / "parity.json").read_text())["formats"] if f in FORMATS]
+    except (OSError, ValueError, KeyError, TypeError):
+        return list(FORMATS)
+
+
 def check_exports(export_dir: Path, weights_sha256: str) -> list[str]:
     """The formats to time; refuses an export of other weights (its meta.json records their digest)
-    and one that lacks a format every export writes."""
+    and one that lacks a format the export was asked for and always writes."""
     digest = exported_from(export_dir)
     if digest != weights_sha256:
         raise DataError(f"{export_dir}: exported from other weights (sha256 {str(digest)[:12]}, these are "
                         f"{weights_sha256[:12]}); timing its files against this eager model would compare two models: "
                         "export these weights (`make export WEIGHTS=...`) or bench the weights it came from")
-    missing = [f for f in ROW_FORMATS[1:] if not (export_dir / FORMATS[f].file).is_file() and f not in OPTIONAL_FORMATS]
+    asked = asked_formats(export_dir)
+    missing = [f for f in asked if not (export_dir / FORMATS[f].file).is_file() and f not in OPTIONAL_FORMATS]
     if missing:
         raise DataError(f"{export_dir}: no exported {', '.join(missing)} "
                                 f"({', '.join(FORMATS[f].file for f in missing)}); run `make export` first")
     for f in OPTIONAL_FORMATS:
-        if not (export_dir / FORMATS[f].file).is_file():
+        if f in asked and not (export_dir / FORMATS[f].file).is_file():
             print(f"  no {FORMATS[f].file} (the export did not write or keep it: parity.md says why); no row for {f}")
     return [f for f in ROW_FORMATS if f == "eager" or (export_dir / FORMATS[f].file).is_file()]
 

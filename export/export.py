@@ -40,7 +40,7 @@ from export import model_card
 from export.executorch_export import export_pte
 from export.litert_export import RANGES as LITERT_RANGES, candidate_name, embed_metadata
 from export.app_form import AppForm, app_metadata
-from export.formats import FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR
+from export.formats import FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR, with_needs
 from export.runtimes import batched_logits, make_runner, model_inputs
 from train.checkpoint import load_for_export, load_weights, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, at_least, command_errors, cpu_description,
@@ -461,11 +461,12 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
 
 
 def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
-               flip_average: bool = True, temperature: bool = True) -> tuple[list[dict], dict]:
-    """Every format of `weights` (calibrated unless temperature=False) written, checked against
-    eager on test and kept by the one rule, with its reports and model card, as one set: built in
-    a staging folder beside `out` and swapped in by rename. A failed or stopped export leaves the
-    previous set as it was; `out` is refused up front unless it is new, empty or an earlier export."""
+               flip_average: bool = True, temperature: bool = True, formats=None) -> tuple[list[dict], dict]:
+    """Every format of `weights` (or those in `formats` and the rows they start from; calibrated
+    unless temperature=False) written, checked against eager on test and kept by the one rule, with
+    its reports and model card, as one set: built in a staging folder beside `out` and swapped in by
+    rename. A failed or stopped export leaves the previous set as it was; `out` is refused up front
+    unless it is new, empty or an earlier export."""
     out = Path(out)
     check_export_folder(out)
     try:
@@ -474,7 +475,7 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
         raise ExportError(f"{out}: output folder is not writable ({e.strerror})") from None
     try:
         job = prepare_job(weights, data, staging, calib_count, seed, flip_average, temperature)
-        rows, info = export_all(job)
+        rows, info = export_all(job, with_needs(formats or FORMATS))
         write_reports(job, rows, info, weights)
         swap_in(staging, out)
     except BaseException:
@@ -520,29 +521,34 @@ def write_reports(job: ExportJob, rows: list[dict], info: dict, weights: str) ->
               job.out / MODEL_CARD)
 
 
-def export_all(job: ExportJob) -> tuple[list[dict], dict]:
+def export_all(job: ExportJob, formats: list[str]) -> tuple[list[dict], dict]:
+    """The rows of `formats` (with_needs order), each written by its writer."""
     out = job.out
     rows = [parity_row("eager", None, job.eager, job.eager, job.test.labels.numpy())]
-    litert = LITERT_PYTHON.is_file()
-    if not litert:
+    asked_litert = any(FORMATS[f].environment == LITERT_ENV for f in formats)
+    litert = LITERT_PYTHON.is_file() and asked_litert
+    if asked_litert and not litert:
         print(f"NOTE: no .tflite files: {LITERT_MISSING}")
     try:
-        for f in FORMAT_TABLE:
-            if f.environment == LITERT_ENV and not litert:
+        for name in formats:
+            if FORMATS[name].environment == LITERT_ENV and not litert:
                 continue
-            rows += WRITERS[f.name](job, f.name)
+            rows += WRITERS[name](job, name)
         save_json(job.meta, out / METADATA_SIDECAR)
     finally:  # whatever failed or was not kept: no temp file or folder stays behind
         for t in job.temps:
             shutil.rmtree(t) if t.is_dir() else t.unlink(missing_ok=True)
-    fp32 = next(r for r in rows if r["format"] == "onnx_fp32")
+    fp32 = next((r for r in rows if r["format"] == "onnx_fp32"), None)
     kept = next((r for r in rows if r["format"] == "onnx_int8" and r["kept"] == "yes"), None)
-    return rows, {"torchscript_warnings": job.notes["torchscript"], "opset": OPSET, "cpu": cpu_description(),
+    not_asked = "not asked for (--formats)"
+    return rows, {"formats": formats, "torchscript_warnings": job.notes.get("torchscript", []), "opset": OPSET,
+                  "cpu": cpu_description(),
                   "int8_drop_points": round(fp32["accuracy (%)"] - kept["accuracy (%)"], 2) if kept else None,
-                  "int8_kept": kept["int8 setting"] if kept else "none (no setting passed the INT8 rule)",
-                  "pte_ops_outside_xnnpack": {f.name: job.notes[f.name] for f in FORMAT_TABLE if f.runtime == "executorch"},
+                  "int8_kept": kept["int8 setting"] if kept else ("none (no setting passed the INT8 rule)"
+                                                                  if "onnx_int8" in formats else not_asked),
+                  "pte_ops_outside_xnnpack": {f: job.notes[f] for f in formats if FORMATS[f].runtime == "executorch"},
                   "calibration_images": len(job.calib), "flip_average": job.model.config.flip_average,
-                  "tflite": "written and checked" if litert else f"not written: {LITERT_MISSING}",
+                  "tflite": ("written and checked" if litert else f"not written: {LITERT_MISSING}") if asked_litert else not_asked,
                   "test_images": len(job.test), "fp32_atol": FP32_ATOL, "calibration": job.calibration}
 
 
@@ -553,6 +559,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ARTIFACTS / "export"), help="output folder (default: %(default)s)")
     ap.add_argument("--calib-count", type=at_least(1), default=1000, help="training images for INT8 calibration (default: %(default)s)")
     ap.add_argument("--seed", type=at_least(0), default=0, help="seed for picking calibration images (default: %(default)s)")
+    ap.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS), metavar="FORMAT",
+                    help="write only these rows of the formats table (and the rows they start from: an .ort its "
+                         ".onnx, INT8 ONNX its FP32 file); `python -m export.formats` lists them (default: all)")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="export the logits as trained, without the temperature fitted on val (default: calibrated)")
     ap.add_argument("--no-flip-average", action="store_true",
@@ -564,7 +573,7 @@ def main(argv=None) -> None:
         model, _ = load_for_export(args.weights, not args.no_flip_average)
         print(report(profile(model)))
         rows, info = run_export(args.weights, args.data, out, args.calib_count, args.seed, not args.no_flip_average,
-                                not args.no_calibrate)
+                                not args.no_calibrate, args.formats)
     print("\n" + (out / "parity.md").read_text().split("\n\n")[-1])
     print(f"operators left outside XNNPACK in the .pte programs (portable kernels): {info['pte_ops_outside_xnnpack']}")
     written = [f.file for f in FORMAT_TABLE if (out / f.file).is_file()]

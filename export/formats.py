@@ -28,18 +28,22 @@ class Format:
     optional: bool = False  # an export may lack it (an INT8 file refused by the rule, or the environment missing)
     web: bool = False       # served by the browser demo
     app: bool = False       # the app form: uint8 RGB NHWC crop in, calibrated probabilities out (APP_INPUT)
+    needs: tuple[str, ...] = ()   # the rows whose files (or choices) its writer starts from
 
 
 FORMAT_TABLE = (
     Format("torchscript", "dog_emotion.pt", FP32, "torch", "apps that still load TorchScript (deprecated in torch 2.14)"),
     Format("onnx_fp32", "dog_emotion.onnx", FP32, "onnxruntime", "onnxruntime on servers and desktops"),
-    Format("ort_fp32", "dog_emotion.ort", FP32, "onnxruntime", "onnxruntime Mobile in an Android or iOS app"),
+    Format("ort_fp32", "dog_emotion.ort", FP32, "onnxruntime", "onnxruntime Mobile in an Android or iOS app",
+           needs=("onnx_fp32",)),
     Format("onnx_app", "dog_emotion.app.onnx", FP32, "onnxruntime", "apps that hand over a bitmap's bytes (uint8 crop in, "
            "probabilities out), the browser demo", web=True, app=True),
-    Format("ort_app", "dog_emotion.app.ort", FP32, "onnxruntime", "the same for onnxruntime Mobile", app=True),
-    Format("onnx_int8", "dog_emotion.int8.onnx", INT8, "onnxruntime", "onnxruntime where size matters most (INT8)", optional=True),
+    Format("ort_app", "dog_emotion.app.ort", FP32, "onnxruntime", "the same for onnxruntime Mobile", app=True,
+           needs=("onnx_app",)),
+    Format("onnx_int8", "dog_emotion.int8.onnx", INT8, "onnxruntime", "onnxruntime where size matters most (INT8)", optional=True,
+           needs=("onnx_fp32",)),
     Format("onnx_app_int8", "dog_emotion.app.int8.onnx", INT8, "onnxruntime", "the app form where size matters most, "
-           "the browser demo's INT8 choice", optional=True, web=True, app=True),
+           "the browser demo's INT8 choice", optional=True, web=True, app=True, needs=("onnx_app", "onnx_int8")),
     Format("pte_fp32", "dog_emotion.pte", FP32, "executorch", "the ExecuTorch runtime (XNNPACK) in an Android or iOS app"),
     Format("pte_app", "dog_emotion.app.pte", FP32, "executorch", "the app form for ExecuTorch", app=True),
     Format("pte_int8", "dog_emotion.int8.pte", INT8, "executorch", "ExecuTorch (XNNPACK) where size matters most (INT8)", optional=True),
@@ -56,6 +60,19 @@ FORMAT_TABLE = (
 FORMATS = {f.name: f for f in FORMAT_TABLE}
 # what an app form takes: the crop of the photo's shorter side resized, as its bitmap holds it
 APP_INPUT = "uint8 RGB, NHWC (batch, crop, crop, 3): the centre crop after resizing the shorter side"
+
+
+def with_needs(names) -> list[str]:
+    """The rows named and every row they start from, in the table's order (the order they are written)."""
+    chosen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in FORMATS:
+            raise ValueError(f"no format {name!r} (the formats: {', '.join(FORMATS)})")
+        if name not in chosen:
+            chosen.add(name)
+            todo += FORMATS[name].needs
+    return [f.name for f in FORMAT_TABLE if f.name in chosen]
 
 
 def web_files() -> list[str]:

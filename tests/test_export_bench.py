@@ -169,6 +169,19 @@ def test_bench_refuses_missing_formats_and_an_export_of_other_weights(tmp_path, 
     assert not (tmp_path / "b").exists()
 
 
+def test_formats_bring_the_rows_they_start_from_in_the_tables_order():
+    from export.formats import FORMAT_TABLE, with_needs
+    assert with_needs(["onnx_app_int8"]) == ["onnx_fp32", "onnx_app", "onnx_int8", "onnx_app_int8"]
+    assert with_needs(["ort_fp32", "pte_int8"]) == ["onnx_fp32", "ort_fp32", "pte_int8"]
+    assert with_needs(FORMATS) == [f.name for f in FORMAT_TABLE]
+    for i, f in enumerate(FORMAT_TABLE):   # a writer's needs are written before it
+        assert set(f.needs) <= {g.name for g in FORMAT_TABLE[:i]}, f.name
+    with pytest.raises(ValueError, match="no format 'onnx'"):
+        with_needs(["onnx"])
+    with pytest.raises(SystemExit):   # the command line names the choices
+        exporter.main(["--formats", "onnx"])
+
+
 def test_bench_refuses_a_missing_recipe_before_timing_anything(tmp_path):
     with pytest.raises(SystemExit, match="recipe .*nope.toml: No such file"):
         bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--recipe", str(tmp_path / "nope.toml")])
@@ -340,9 +353,9 @@ def test_a_tflite_file_that_differs_from_eager_is_refused_and_not_written(nano_w
         return real_save(wrong, classes, path, metrics)
 
     monkeypatch.setattr(exporter, "save_weights", converter_gets_another_model)
-    monkeypatch.setattr(exporter, "FORMAT_TABLE", tuple(f for f in exporter.FORMAT_TABLE if f.runtime == "litert"))
     with pytest.raises(exporter.ExportError, match="tflite_fp32: differs from eager .max diff 1.00e-02"):
-        exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False)
+        exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False,
+                            formats=[f.name for f in exporter.FORMAT_TABLE if f.runtime == "litert"])
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*")), "nothing written, no staging left"
 
 

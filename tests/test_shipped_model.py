@@ -8,7 +8,7 @@ from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, infere
 from train import dog_emotion
 from train.checkpoint import load_weights
 from train.common import REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS
-from train.recipes import recipe_record
+from train.recipes import SHIPPED_TEACHER, recipe_record
 from train.runlog import read_log
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -37,13 +37,14 @@ def test_the_train_commands_defaults_are_the_shipped_recipe_and_make_train_uses_
     # one place: `python -m train.dog_emotion train` is `make train` is the shipped model's recipe
     default = dog_emotion.parse_args(["train"])
     assert default.model == SHIPPED and default.config == ""
-    assert default.epochs == 160 and default.teacher == ["weights/teacher_large_distilled.pkl"]
+    assert default.epochs == 300 and tuple(default.teacher) == SHIPPED_TEACHER and default.teacher_views == 32
     assert default.train_on == "train+val" and default.threads == 0
     assert re.search(r"^RECIPE \?=\s*$", (REPO_ROOT / "Makefile").read_text(), re.M), "make train passes no recipe"
-    # the run that made the shipped file (run log: seed 0, declared in advance) ran exactly these values
-    shipped_run = next(r for r in read_log(RUN_LOG) if r["run"] == "mid-final-tv")
-    assert shipped_run["seed"] == 0 and not shipped_run["options"]
-    assert shipped_run["recipe_values"] == recipe_record("")["values"]
+    # the run that made the shipped file (run log: seed 0, declared in advance) ran exactly these
+    # values: its recipe then (recipes/mini14-bank.toml, on train only) with --train-on train+val
+    shipped_run = next(r for r in read_log(RUN_LOG) if r["run"] == "mini14-bank-tv-s0")
+    assert shipped_run["seed"] == 0 and shipped_run["options"] == "--train-on train+val"
+    assert {**shipped_run["recipe_values"], "train_on": shipped_run["train_on"]} == recipe_record("")["values"]
     assert dog_emotion.parse_args(["train", "--teacher"]).teacher == []    # `--teacher` alone: none
 
 

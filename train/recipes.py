@@ -18,8 +18,12 @@ from mobile_model import CONFIGS, SHIPPED
 from train.common import ARTIFACTS, ProjectError, at_least, device_name, fraction, real
 from train.data import DEFAULT_DATA
 
-# the shipped model's teacher (recipes/teacher-large-distilled.toml trained it): the default --teacher
-SHIPPED_TEACHER = ("weights/teacher_large_distilled.pkl",)
+# the shipped model's teachers, the default --teacher: the four `large` trained from scratch
+# (recipes/large.toml seeds 0, 1, 2 and recipes/teacher-large128.toml), read from a bank of
+# SHIPPED_TEACHER_VIEWS recorded views of every photo (train/bank.py)
+SHIPPED_TEACHER = ("weights/teacher_large.pkl", "weights/teacher_large_s1.pkl", "weights/teacher_large_s2.pkl",
+                   "weights/teacher_large128.pkl")
+SHIPPED_TEACHER_VIEWS = 32
 DEFAULT_BATCH = 64   # images per step; a data set smaller than one batch gets a smaller one (engine.fit_batch)
 
 # Options that are not part of a recipe (how this invocation was asked), and those that change
@@ -123,7 +127,7 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--input-size", type=input_size, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
     t.add_argument("--branches", type=at_least(0, 8), default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
-    t.add_argument("--epochs", type=at_least(1), default=160, help="training epochs (default: %(default)s)")
+    t.add_argument("--epochs", type=at_least(1), default=300, help="training epochs (default: %(default)s)")
     t.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH, help="batch size; halved for a data set "
                    "smaller than one batch (default: %(default)s)")
     t.add_argument("--lr", type=real(0, 10, low_open=True), default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
@@ -139,7 +143,7 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "`--teacher` alone: none (default: %(default)s; skipped with a NOTE when its classes are not the data's)")
     t.add_argument("--teacher-no-flip", action="store_true", help="teachers see the student's view only, not also its "
                                                                  "mirror image: half the teacher's cost (default: off)")
-    t.add_argument("--teacher-views", type=at_least(0), default=0,
+    t.add_argument("--teacher-views", type=at_least(0), default=SHIPPED_TEACHER_VIEWS,
                    help="read the teachers' outputs from a bank of this many recorded views of every photo, built "
                         "once in --cache-dir and shared by every run of the same teachers (train/bank.py); 0: run the "
                         "teachers on every batch (default: %(default)s)")

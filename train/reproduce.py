@@ -1,6 +1,6 @@
-"""From the data alone to every shipped file, in one command (`make reproduce`): the teachers, the
-teacher that learnt their ensemble, the shipped recipe's three seeds, its train-only sibling and
-the temperature fitted with it, the export (every format, parity, model card) and the bench, then a
+"""From the data alone to every shipped file, in one command (`make reproduce`): the four teachers,
+their bank of recorded views, the shipped recipe's three seeds, its train-only sibling and the
+temperature fitted with it, the export (every format, parity, model card) and the bench, then a
 comparison of what came out with what ships.
 
     python -m train.reproduce [--data DIR] [--out artifacts/reproduce] [--jobs 2] [--plan] [--smoke]
@@ -30,7 +30,12 @@ from train.data import DEFAULT_DATA, DataError, check_data_root, load_folder, st
 from train.runlog import mean_sd, read_log
 from train.scoring import evaluate
 
-TEACHER_SEEDS = (0, 1, 2)   # the ensemble that teacher-large-distilled.toml learnt from
+TEACHER_RUNS = {   # the four `large` whose bank the shipped recipe distils from (train.recipes.SHIPPED_TEACHER)
+    "large-s0": ["--config", "recipes/large.toml", "--seed", "0"],
+    "large-s1": ["--config", "recipes/large.toml", "--seed", "1"],
+    "large-s2": ["--config", "recipes/large.toml", "--seed", "2"],
+    "large128": ["--config", "recipes/teacher-large128.toml"],
+}
 STUDENT_SEEDS = (0, 1, 2)   # the shipped recipe's seeds: seed 0 ships (declared in advance), 1 and 2 give the spread
 
 
@@ -60,31 +65,37 @@ def train_step(name: str, out: Path, options: list[str], needs: list[str], logge
                 run / "metrics.json", needs, logged_as, run / "last.ckpt")
 
 
-# --smoke: every training run a tiny model for one epoch, a small INT8 calibration set, a quick bench
+# --smoke: every training run a tiny model for one epoch, the ONNX files alone, a quick bench
 SMOKE_TRAIN = ["--model", "nano", "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--warmup-epochs", "1"]
+SMOKE_EXPORT = ["--formats", "onnx_fp32", "onnx_app"]
+
+
+def has_bank(cache: Path) -> bool:
+    """The bank step records the teachers' bank in the chain's cache folder (train/bank.py names it
+    by a hash of what decides it); the chain holds one bank."""
+    return any(cache.glob("bank-*.pt"))
 
 
 def steps(data: str, out: Path, smoke: bool = False) -> list[Step]:
     """The chain. Names are the run folders under <out>/runs; `logged_as` is the run log's row of
     the same recipe (its minutes, one thread, two side by side, are the estimate)."""
     runs, d, extra = out / "runs", ["--data", data], SMOKE_TRAIN if smoke else []
-    teachers = [str(runs / f"large-s{s}" / "dog_emotion.pkl") for s in TEACHER_SEEDS]
-    teacher = str(runs / "teacher-large-distilled" / "dog_emotion.pkl")
-    chain = [train_step(f"large-s{s}", out, [*d, "--config", "recipes/large.toml", "--seed", str(s)], [],
-                        "teacher-large-s1", extra) for s in TEACHER_SEEDS]
-    chain.append(train_step("teacher-large-distilled", out, [*d, "--config", "recipes/teacher-large-distilled.toml",
-                                                             "--teacher", *teachers],
-                            [f"large-s{s}" for s in TEACHER_SEEDS], "teacher-large-distilled", extra))
-    chain += [train_step(f"student-s{s}", out, [*d, "--teacher", teacher, "--seed", str(s)], ["teacher-large-distilled"],
-                         "mid-final-tv", extra) for s in STUDENT_SEEDS]
-    chain.append(train_step("sibling", out, [*d, "--config", "recipes/mid-final.toml", "--teacher", teacher],
-                            ["teacher-large-distilled"], "mid-final", extra))
+    chain = [train_step(name, out, [*d, *options], [], "teacher-large128" if name == "large128" else "teacher-large-s1", extra)
+             for name, options in TEACHER_RUNS.items()]
+    teachers = ["--teacher", *(str(runs / name / "dog_emotion.pkl") for name in TEACHER_RUNS)]
+    # the bank once, on both cores, before the students that read it start side by side
+    chain.append(Step("bank", ["train.bank", *d, *teachers, "--cache-dir", str(out / "cache"), "--threads", "0", *extra],
+                      out / "cache", list(TEACHER_RUNS), complete=has_bank))
+    chain += [train_step(f"student-s{s}", out, [*d, *teachers, "--seed", str(s)], ["bank"], f"mini14-bank-tv-s{s}", extra)
+              for s in STUDENT_SEEDS]
+    chain.append(train_step("sibling", out, [*d, "--config", "recipes/mini14-bank.toml", *teachers], ["bank"],
+                            "mini14-bank-s0", extra))
     student = str(runs / "student-s0" / "dog_emotion.pkl")
     chain.append(Step("temperature", ["export.calibration", "--weights", student, "--data", data,
                                       "--sibling", str(runs / "sibling" / "dog_emotion.pkl")],
                       Path(student), ["student-s0", "sibling"], complete=records_temperature))
     chain.append(Step("export", ["export.export", "--weights", student, "--data", data, "--out", str(out / "export"),
-                                 *(["--calib-count", "16"] if smoke else [])],
+                                 *(SMOKE_EXPORT if smoke else [])],
                       out / "export" / "dog_emotion.meta.json", ["temperature"]))
     chain.append(Step("bench", ["benchmark.bench", "--weights", student, "--data", data, "--export-dir", str(out / "export"),
                                 "--out", str(out / "bench"), "--train-epochs", "0", *(["--quick"] if smoke else [])],
@@ -111,7 +122,7 @@ def plan(chain: list[Step], jobs: int, tiny: bool) -> str:
              "command": "python -m " + shlex.join(s.argv[:2]) + " ..."} for s in chain]
     return markdown_table(rows) + ("" if tiny else
                                    f"\nTime left: about {wall_minutes(chain, minutes, jobs) / 60:.1f} h with {jobs} runs side by "
-                                   "side, one thread each (the run log's minutes; the export and bench add ~5 min).\n")
+                                   "side, one thread each (the run log's minutes; the bank adds up to ~35 min, the export and bench ~10).\n")
 
 
 def wall_minutes(chain: list[Step], minutes: dict[str, float], jobs: int) -> float:
@@ -171,7 +182,7 @@ def compare(out: Path, data: Path) -> str:
     text = f"reproduced seeds {', '.join(f'{t:.2f}' for t in tests)}% on {data / 'test'}: mean {mean:.2f} +- {sd:.2f}"
     if data.resolve() != DEFAULT_DATA.resolve():
         return text + "; your data: nothing shipped to compare with"
-    logged = [r["test"] for r in read_log(RUN_LOG) if r["run"] in ("mid-final-tv", "mid-final-tv-s1", "mid-final-tv-s2")]
+    logged = [r["test"] for r in read_log(RUN_LOG) if r["run"] in [f"mini14-bank-tv-s{s}" for s in STUDENT_SEEDS]]
     lmean, lsd = mean_sd(logged)
     text += f"; the shipped file {test_accuracy(SHIPPED_WEIGHTS, data):.2f}%"
     holds = abs(mean - lmean) <= 2 * (lsd + sd)
@@ -186,7 +197,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=2, help="training runs side by side, one thread each (default: %(default)s)")
     ap.add_argument("--plan", action="store_true", help="print the plan and stop")
     ap.add_argument("--smoke", action="store_true", help="check the chain, not the model: every training run a tiny "
-                                                         "model for 1 epoch, a quick bench (about a minute on tiny data)")
+                                                         "model for 1 epoch, the ONNX files alone, a quick bench (about "
+                                                         "a minute on tiny data)")
     return ap
 
 
