@@ -5,6 +5,8 @@ torchrun, half the batch each, as `make train-ddp`: the same 64 images per step 
 
 Every layout is started the same way (torchrun; with one process it is a plain run) and reads its
 epoch times from the run's own checkpoint history: the training pass plus rank 0's val evaluation.
+A recipe that reads a teacher bank gets it recorded first, on every core, untimed (once per machine:
+later runs read it from artifacts/cache).
 """
 from __future__ import annotations
 
@@ -26,10 +28,26 @@ COLUMNS = {"processes": "processes", "threads": "threads per process", "batch_pe
            "epochs_timed": "epochs timed", "epoch_s": "epoch, median (s)", "speed_up": "speed-up vs 1 x 1"}
 
 
+def recipe_argv(recipe: str) -> list[str]:
+    return ["--config", str(Path(recipe).resolve()) if recipe else ""]
+
+
+def record_bank(recipe: str, data: str) -> None:
+    """The recipe's teacher bank, built before any layout is timed (when the recipe has one)."""
+    from train.dog_emotion import parse_args
+    args = parse_args(["train", *recipe_argv(recipe)])
+    if args.teacher_views and args.teacher:
+        print("  the recipe's teacher bank: from the cache, or recorded there first (untimed; ~20-35 min on 2 cores)")
+        done = subprocess.run([sys.executable, "-m", "train.bank", *recipe_argv(recipe), "--data", str(Path(data).resolve()),
+                               "--threads", "0"], cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DataError("the teacher bank could not be recorded:\n" + done.stderr.strip()[-1500:])
+
+
 def time_layout(recipe: str, processes: int, threads: int, data: str, epochs: int, quick: bool) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "train.dog_emotion", "train", *(QUICK if quick else ["--config", str(Path(recipe).resolve()) if recipe else ""]),
+               "-m", "train.dog_emotion", "train", *(QUICK if quick else recipe_argv(recipe)),
                "--data", str(Path(data).resolve()),
                "--batch-size", str(BATCH // processes), "--threads", str(threads), "--epochs", str(epochs),
                "--stop-after", str(epochs), "--out", out]
@@ -43,6 +61,8 @@ def time_layout(recipe: str, processes: int, threads: int, data: str, epochs: in
 
 def bench_training(recipe: str, data: str, epochs: int, quick: bool) -> list[dict]:
     rows = []
+    if not quick:
+        record_bank(recipe, data)
     for processes, threads in LAYOUTS:
         seconds = time_layout(recipe, processes, threads, data, epochs, quick)
         timed = seconds[1:] or seconds  # the first epoch also pays for start-up, when there are others
