@@ -97,10 +97,20 @@ def test_a_run_reads_the_bank_built_once_for_every_run(split_root, teachers, tmp
                       f"crop_scale = 0.3\ndata = '{split_root}'\ncache_dir = '{tmp_path / 'cache'}'\n")
     bank_module.main(["--config", str(recipe), "--threads", "1"])
     assert len(list((tmp_path / "cache").glob("bank-*.pt"))) == 3
-    recipe.write_text(f"model = 'nano'\ndata = '{split_root}'\n")
+    recipe.write_text(f"model = 'nano'\nteacher_views = 0\ndata = '{split_root}'\n")
     with pytest.raises(SystemExit):
         bank_module.main(["--config", str(recipe)])
     assert "no teacher bank to build" in capsys.readouterr().err
+
+
+def test_two_processes_record_one_bank_and_both_read_it(split_root, teachers, tmp_path):
+    from test_distributed import run_train as torchrun_train
+    done = torchrun_train(2, "--data", str(split_root), "--out", str(tmp_path / "ddp"), "--cache-dir", str(tmp_path / "cache"),
+                   "--model", "nano", "--input-size", "32", "--epochs", "1", "--warmup-epochs", "1", "--threads", "1",
+                   "--batch-size", "4", "--train-on", "train", "--teacher", *teachers, "--teacher-views", "2")
+    assert len(list((tmp_path / "cache").glob("bank-*.pt"))) == 1 and not list((tmp_path / "cache").glob("*.partial"))
+    assert done.stdout.count("bank: recorded") == 1, "rank 0 records it, rank 1 reads what it wrote"
+    assert (tmp_path / "ddp" / "dog_emotion.pkl").is_file()
 
 
 def test_the_bank_and_the_online_teachers_give_the_same_first_step(split_root, teachers, tmp_path, monkeypatch):

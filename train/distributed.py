@@ -9,6 +9,7 @@ Only the CPU/gloo path was tested on the machine this was written on.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -42,7 +43,8 @@ def setup(device_name: str) -> Processes:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        # a long timeout: the other ranks wait at a barrier while rank 0 decodes a large data set
+        # a long timeout: the other ranks wait at a barrier while rank 0 decodes a large data set or
+        # records a teacher bank
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=3))
     return Processes(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
@@ -69,6 +71,17 @@ def barrier() -> None:
     """Wait for every rank (nothing to wait for in a single process)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def main_rank_first(procs: Processes):
+    """Rank 0 runs the block first (it writes a cache: decoded images, a teacher bank), the other
+    ranks after it (they read what it wrote)."""
+    if not procs.main:
+        barrier()
+    yield
+    if procs.main:
+        barrier()
 
 
 def teardown() -> None:

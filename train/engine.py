@@ -26,7 +26,7 @@ from train.common import (accuracy, exclusive, keep_freed_memory, markdown_table
                           set_threads)
 from train.bank import bank_for_run
 from train.data import DataError, augment_batch, iterate_batches, load_splits, mix_batch, render_views, storage_size
-from train.distributed import Processes, barrier, gather, setup, sum_over_ranks
+from train.distributed import Processes, gather, main_rank_first, setup, sum_over_ranks
 from train.plots import plot_confusion, plot_curves
 from train.scoring import evaluate
 from train.recipes import DEFAULT_BATCH, SHIPPED_TEACHER, recipe_record, recipe_text, result_options
@@ -199,11 +199,8 @@ def run_config(args):
 def load_data(args, config, procs: Processes, out: Path, log) -> dict:
     """The decoded splits (rank 0 decodes and writes the cache; the others then map it); with
     --train-on train+val the val images train too (val is still evaluated, for the curves)."""
-    if not procs.main:
-        barrier()
-    data = load_splits(args.data, storage_size(config.input_size), cache_dir=Path(args.cache_dir))
-    if procs.main:
-        barrier()
+    with main_rank_first(procs):
+        data = load_splits(args.data, storage_size(config.input_size), cache_dir=Path(args.cache_dir))
     skipped = [reason for d in data.values() for reason in d.skipped]
     log(f"data: {args.data}  " + "  ".join(f"{s}={len(d)}" for s, d in data.items())
         + f"  classes={data['train'].classes}  skipped={len(skipped)}")
@@ -414,7 +411,8 @@ def train_job(args) -> dict:
     config = replace(config, num_classes=len(classes))   # the data's classes, not a fixed four
     teachers, bank = load_teachers(args, classes, procs.device, log), None
     if args.teacher_views and teachers:   # the teachers' outputs read from a bank, not computed each step
-        bank, teachers = bank_for_run(args, data, [t.cpu() for t in teachers], log), []
+        with main_rank_first(procs):
+            bank, teachers = bank_for_run(args, data, [t.cpu() for t in teachers], log), []
     fit_batch(args, len(data["train"]), procs.world, log)
     run = build_run(args, config, procs)
     global_batch = args.batch_size * procs.world
