@@ -22,7 +22,7 @@ from train.common import (ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, comman
                           percent, save_text)
 from train.data import DataError, preprocess, preprocess_spec
 from train.scoring import wilson_interval
-from train.recipes import recipe_record
+from train.recipes import recipe_record, run_values
 from train.runlog import mean_sd, read_log
 
 DATA_URL = "https://www.kaggle.com/datasets/danielshanbalico/dog-emotion"
@@ -70,8 +70,8 @@ def confusions(cm: np.ndarray, classes: list[str]) -> str:
 
 
 def seed_rows(recipe: dict) -> list[dict]:
-    """The run log's runs of the shipped recipe (its values, nothing changed), with their test accuracies."""
-    return [r for r in read_log(RUN_LOG) if r.get("recipe_values") == recipe and not r["options"] and r["test"] is not None]
+    """The run log's runs of the shipped recipe (what they trained with is its values), with their test accuracies."""
+    return [r for r in read_log(RUN_LOG) if "recipe_values" in r and r["test"] is not None and run_values(r) == recipe]
 
 
 def speed_rows(bench_json: Path, weights_sha256: str) -> tuple[list[dict], str]:
@@ -149,7 +149,8 @@ judging whether a dog is dangerous. Photos outside the classes: the model has no
 answer and gives one of the {k} labels to anything. What it said about pictures that are not of
 its subject (this run, calibrated model):
 
-{markdown_table(out_of_scope_rows(model, classes))}"""
+{markdown_table(out_of_scope_rows(model, classes))}
+"""
 
 
 def training_data(recipe: dict | None) -> str:

@@ -8,7 +8,7 @@ from mobile_model import CONFIGS, SHIPPED, build_model, count_parameters, infere
 from train import dog_emotion
 from train.checkpoint import load_weights
 from train.common import REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS
-from train.recipes import SHIPPED_TEACHER, recipe_record
+from train.recipes import SHIPPED_TEACHER, recipe_record, run_values
 from train.runlog import read_log
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -44,7 +44,7 @@ def test_the_train_commands_defaults_are_the_shipped_recipe_and_make_train_uses_
     # values: its recipe then (recipes/mini14-bank.toml, on train only) with --train-on train+val
     shipped_run = next(r for r in read_log(RUN_LOG) if r["run"] == "mini14-bank-tv-s0")
     assert shipped_run["seed"] == 0 and shipped_run["options"] == "--train-on train+val"
-    assert {**shipped_run["recipe_values"], "train_on": shipped_run["train_on"]} == recipe_record("")["values"]
+    assert run_values(shipped_run) == recipe_record("")["values"]
     assert dog_emotion.parse_args(["train", "--teacher"]).teacher == []    # `--teacher` alone: none
 
 

@@ -325,3 +325,13 @@ def test_the_epoch_line_gives_the_whole_runs_time_left():
     history = [{"epoch": e, "seconds": s} for e, s in ((1, 100.0), (2, 30.0), (3, 30.0), (4, 30.0), (5, 30.0), (6, 30.0))]
     assert eta(history, 160) == "eta 1h17m"   # 154 epochs of the last five's 30 s
     assert eta(history[:1], 2) == "eta 1m40s" and eta(history, 6) == "eta 0m00s"
+
+
+def test_a_logged_runs_values_are_its_recipes_with_its_options_applied():
+    from train.recipes import recipe_record, run_values
+    values = recipe_record("")["values"]
+    assert run_values({"recipe_values": values, "options": ""}) == values
+    changed = run_values({"recipe_values": values, "options": "--train-on train --epochs 5 --teacher"})
+    assert changed == {**values, "train_on": "train", "epochs": 5, "teacher": []}
+    assert run_values({"recipe_values": values, "options": "make train (2 threads)"}) is None   # early rows: words
+    assert run_values({"recipe_values": values, "options": "--model nope"}) is None

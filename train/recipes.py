@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -192,3 +193,17 @@ def recipe_overrides(run_args: dict, recorded: dict) -> str:
     diffs = {k: v for k, v in result_options(run_args).items()
              if k not in ("seed", "data") and k in base and base[k] != v}   # data: where, not what
     return " ".join(" ".join(as_argv(k, v)) for k, v in sorted(diffs.items()))
+
+
+def run_values(row: dict) -> dict | None:
+    """What a run of the run log trained with: its recipe's values (recipe_record, as the run saw
+    them) with its command-line options (recipe_overrides) applied, e.g. the shipped runs' recipe
+    file on train only with --train-on train+val. None for a row whose options are not today's
+    train options (early rows describe how they ran in words)."""
+    parser = add_train_options(argparse.ArgumentParser(exit_on_error=False))
+    parser.set_defaults(**row["recipe_values"])
+    try:
+        given, unknown = parser.parse_known_args(shlex.split(row["options"]))
+    except (argparse.ArgumentError, ValueError):
+        return None
+    return None if unknown else {k: getattr(given, k) for k in row["recipe_values"]}
