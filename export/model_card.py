@@ -186,7 +186,8 @@ def evaluation(cm: np.ndarray, classes: list[str], tests: list[float]) -> str:
 
 Per class and confusion matrix on test (rows: true class):
 
-{markdown_table(confusion)}"""
+{markdown_table(confusion)}
+"""
 
 
 def calibration(cal: dict, trained_on_val: bool) -> str:
