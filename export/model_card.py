@@ -56,7 +56,9 @@ def out_of_scope_rows(model, classes: list[str]) -> list[dict]:
 
 
 def config_name(config) -> str:
-    same = [n for n, c in CONFIGS.items() if (c.stem, c.stages, c.input_size) == (config.stem, config.stages, config.input_size)]
+    def shape(c):
+        return c.stem, c.stages, c.input_size, c.pointwise_groups
+    same = [n for n, c in CONFIGS.items() if shape(c) == shape(config)]
     return same[0] if same else "custom"
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobile_model import MobileCNN, count_parameters, fold, get_config, inference_parameters
+from mobile_model import MobileCNN, channel_shuffle, count_parameters, fold, get_config, inference_parameters
 from train.engine import EMA, channels_last_trainable, distillation_loss, lr_at, make_optimizer
 
 
@@ -89,7 +89,7 @@ def randomize_batchnorm(model):
     return model
 
 
-@pytest.mark.parametrize("name", ["nano", "phone"])
+@pytest.mark.parametrize("name", ["nano", "phone", "mid-g8"])
 @pytest.mark.parametrize("branches", [0, 2])
 def test_folded_model_equals_the_training_form(name, branches):
     torch.manual_seed(0)
@@ -104,6 +104,30 @@ def test_folded_model_equals_the_training_form(name, branches):
     bn = sum(m.num_features for m in MobileCNN(get_config(name)).modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert count_parameters(folded) == inference_parameters(model) == count_parameters(MobileCNN(get_config(name))) - bn
     assert fold(folded) is folded
+
+
+def test_channel_shuffle_interleaves_the_groups():
+    x = torch.arange(6.0).reshape(1, 6, 1, 1)          # two groups of three channels
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+
+
+def test_grouped_pointwise_convs_are_grouped_only_where_wide_and_export_to_onnx(tmp_path):
+    """mid-g8 (issue 43 item 3): 8 groups in the pointwise convs of >= 5,000 weights, the rest plain;
+    its folded form with the shuffle gives eager's logits in onnxruntime."""
+    import onnxruntime as ort
+    from export.export import export_onnx
+    torch.manual_seed(0)
+    model = fold(randomize_batchnorm(MobileCNN(get_config("mid-g8"))).eval())
+    groups = [(b.pointwise[0].in_channels, b.pointwise[0].groups) for b in model.features[1:]]
+    assert groups == [(20, 1), (28, 1), (40, 1), (40, 1), (56, 1), (56, 8), (96, 8)]   # 56 x 56 < 5,000
+    assert count_parameters(model) == 17_376
+    with pytest.raises(ValueError, match="pointwise_groups = 3 does not divide a 56 -> 96"):
+        MobileCNN(replace(get_config("mid-g8"), stem=56, stages=((96, 1, 1),), pointwise_groups=3))
+    x = torch.randn(3, 3, 112, 112)
+    export_onnx(model, tmp_path / "g8.onnx", {"input_name": "image", "output_name": "logits"})
+    got = ort.InferenceSession(str(tmp_path / "g8.onnx")).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), atol=1e-4, rtol=0)
 
 
 def test_device_auto_is_the_cpu_here_and_missing_devices_are_refused(monkeypatch):

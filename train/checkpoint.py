@@ -152,7 +152,8 @@ def checked_config(path, ckpt: dict) -> ModelConfig:
     """The stored config, with every field of the type and range a model here can have, and its size
     counted on the meta device before anything is allocated."""
     d = ckpt["config"]
-    ints = {"stem": (1, 4096), "input_size": (32, 1024), "num_classes": (2, 1000), "branches": (0, 8)}
+    ints = {"stem": (1, 4096), "input_size": (32, 1024), "num_classes": (2, 1000), "branches": (0, 8),
+            "pointwise_groups": (1, 64)}
     try:
         if not isinstance(d, dict):
             raise ValueError("not a table of fields")
