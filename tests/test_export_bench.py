@@ -70,7 +70,7 @@ def test_fp32_exports_agree_with_eager_on_random_and_real_inputs(exported):
     assert sidecar["classes"] == ckpt["classes"] and sidecar["params"] == ckpt["params"]
     # and every file holds it too, read back by the format's own runtime
     written = [f for f in exporter.FORMAT_TABLE if (out / f.file).is_file()]
-    assert len(written) >= 11
+    assert len(written) >= (11 if litert_installed() else 9)   # two .tflite files need the LiteRT converter
     for f in written:
         record = file_metadata(f.name, out / f.file)
         assert record["classes"] == ckpt["classes"] and record["preprocess"] == preprocess_spec(size), f.name
