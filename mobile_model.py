@@ -40,6 +40,9 @@ class ModelConfig:
     # GROUPED_MIN weights (cin x cout) split into this many groups, its output channels shuffled
     # so that the next block's groups each read from every group of this one. 1 = plain.
     pointwise_groups: int = 1
+    # How a photo becomes the input square (train.data.FRAMINGS): "crop" (shorter side, centre
+    # square) or "squash" (the whole photo scaled to the input, as MediaPipe and most apps do)
+    framing: str = "crop"
     branches: int = 0                   # extra parallel conv+BN branches per conv while training (0 = plain)
     folded: bool = False                # inference form: BN and branches folded into one conv with a bias
 

@@ -26,7 +26,7 @@ from benchmark import contention, inference, input_pipeline, mnist_autograd, tra
 from train.checkpoint import load_for_export
 from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, command_errors, cpu_description, markdown_table,
                           save_json, save_text)
-from train.data import DEFAULT_DATA, check_data_root, load_folder, storage_size
+from train.data import DEFAULT_DATA, check_data_root, load_for_model
 from train.recipes import read_recipe
 
 
@@ -54,8 +54,8 @@ def main(argv=None) -> dict:
         if args.train_epochs > 0 and args.recipe:  # --quick trains on the recipe too, with a tiny model in its place
             read_recipe(Path(args.recipe))  # a missing or broken recipe stops here, not after the inference timings
         model, ckpt = load_for_export(args.weights, not args.no_flip_average)
-        test = load_folder(check_data_root(args.data) / "test", ckpt["classes"],
-                           storage_size(model.config.input_size), ARTIFACTS / "cache")
+        test = load_for_model(check_data_root(args.data) / "test", ckpt["classes"],
+                              model.config, ARTIFACTS / "cache")
         print("inference:")
         rows = inference.bench_inference(model, Path(args.export_dir), ckpt["sha256"], test, args.threads, args.quick)
         print("training input pipeline:")

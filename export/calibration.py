@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from export.runtimes import batched_logits, make_runner
 from train.checkpoint import MAX_TEMPERATURE, MIN_TEMPERATURE, CheckpointError, load_weights
 from train.common import ARTIFACTS, SHIPPED_WEIGHTS, command_errors, save_torch
-from train.data import DEFAULT_DATA, check_data_root, load_folder, storage_size
+from train.data import DEFAULT_DATA, check_data_root, load_for_model
 from train.plots import plt, save_figure
 
 BINS = 15   # the usual count for expected calibration error
@@ -133,7 +133,7 @@ def record_sibling_temperature(weights: str | Path, sibling: str | Path, data: s
     if relative_distance(twin.state_dict(), model.state_dict()) < NEAR_COPY:   # both folded: one layout
         raise CheckpointError(f"{sibling}: the same weights as {weights}, or a near copy; the sibling must be another run "
                               "of the recipe, one that did not train on val")
-    val = load_folder(check_data_root(data) / "val", ckpt["classes"], storage_size(model.config.input_size), ARTIFACTS / "cache")
+    val = load_for_model(check_data_root(data) / "val", ckpt["classes"], model.config, ARTIFACTS / "cache")
     logits = torch.from_numpy(batched_logits(make_runner("eager", model=twin), val.images, model.config.input_size))
     temperature = fit_temperature(logits, val.labels, str(sibling))
     record = {"temperature": temperature, "fitted_with": str(sibling), "val_images": len(val),

@@ -45,8 +45,7 @@ from export.runtimes import batched_logits, make_runner, model_inputs
 from train.checkpoint import load_for_export, load_weights, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, at_least, command_errors, cpu_description,
                           markdown_table, save_json, save_text, save_torch, temp_path)
-from train.data import (DEFAULT_DATA, DecodedSplit, check_data_root, load_folder, preprocess_spec,
-                        storage_size)
+from train.data import DEFAULT_DATA, DecodedSplit, check_data_root, load_for_model, preprocess_spec
 
 OPSET = 18
 FP32_ATOL = 1e-4
@@ -80,7 +79,7 @@ def metadata(model, ckpt: dict) -> dict:
     """The record an app reads: plain JSON in the sidecar; in the ONNX file each value is a string
     (ONNX metadata holds strings only), the lists and objects as JSON text."""
     # the preprocessing this code does now (the weights file's record is from when it was saved)
-    return {"classes": ckpt["classes"], "preprocess": preprocess_spec(model.config.input_size),
+    return {"classes": ckpt["classes"], "preprocess": preprocess_spec(model.config.input_size, model.config.framing),
             "input_name": "input", "output_name": "logits", "output": "logits (apply softmax for probabilities)",
             "params": ckpt["params"], "config": model.config.to_dict(),
             "weights_sha256": ckpt["sha256"]}   # which weights every file of the set came from (bench checks it)
@@ -438,7 +437,7 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
     except OSError as e:
         raise ExportError(f"{out}: output folder is not writable ({e.strerror})") from None
     root = check_data_root(data)
-    test, val, train = (load_folder(root / s, ckpt["classes"], storage_size(model.config.input_size), ARTIFACTS / "cache")
+    test, val, train = (load_for_model(root / s, ckpt["classes"], model.config, ARTIFACTS / "cache")
                         for s in ("test", "val", "train"))
     calib = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:calib_count]]
     calibration = {}

@@ -71,19 +71,20 @@ METADATA_NAME = "dog_emotion.meta.json"
 
 
 def embed_metadata(path: Path, meta: dict) -> None:
-    """Add the record as the model's metadata entry METADATA_NAME (a buffer of JSON text)."""
-    import flatbuffers
+    """Add the record as the model's metadata entry METADATA_NAME (a buffer of JSON text), and the
+    same record as the standard metadata that MediaPipe and the Task Library read (labels file
+    included: export/client_metadata.py)."""
     from ai_edge_litert import schema_py_generated as schema
-    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    from export.client_metadata import add_client_metadata
+    model_buffer = path.read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(model_buffer, 0)
     buffer = schema.BufferT()
     buffer.data = list(json.dumps(meta).encode())
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
-    builder = flatbuffers.Builder(path.stat().st_size + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    path.write_bytes(builder.Output())
+    path.write_bytes(add_client_metadata(model, model_buffer, meta, schema))
 
 
 def read_metadata(path: Path) -> dict | None:

@@ -19,7 +19,7 @@ import torch
 
 from mobile_model import MobileCNN, ModelConfig, count_parameters, fold
 from train.common import ProjectError, save_torch
-from train.data import preprocess_spec
+from train.data import FRAMINGS, preprocess_spec
 
 FORMAT = "dog-emotion-weights/2"
 READABLE_FORMATS = ("dog-emotion-weights/1", FORMAT)
@@ -95,7 +95,7 @@ def save_weights(model: MobileCNN, classes: list[str], path: str | Path, metrics
         "params": count_parameters(model),
         "state_dict": state,
         "sha256": state_digest(state),
-        "preprocess": preprocess_spec(model.config.input_size),
+        "preprocess": preprocess_spec(model.config.input_size, model.config.framing),
         "metrics": metrics or {},
     }, path)
 
@@ -164,6 +164,8 @@ def checked_config(path, ckpt: dict) -> ModelConfig:
         if not (isinstance(stages, list) and stages and all(
                 isinstance(s, list) and len(s) == 3 and all(type(v) is int and 1 <= v <= 4096 for v in s) for s in stages)):
             raise ValueError(f"stages = {stages!r:.80} is not a list of [channels, stride, blocks] integers")
+        if "framing" in d and d["framing"] not in FRAMINGS:
+            raise ValueError(f"framing = {d['framing']!r:.40} is not one of {', '.join(FRAMINGS)}")
         if "dropout" in d and not (isinstance(d["dropout"], float) and 0 <= d["dropout"] < 1):
             raise ValueError(f"dropout = {d['dropout']!r} is not a share in [0, 1)")
         config = ModelConfig.from_dict(d)

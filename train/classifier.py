@@ -23,12 +23,12 @@ from PIL import Image
 
 from export.app_form import app_batches
 from train.checkpoint import load_weights
-from train.data import BadImage, DataError, expand_inputs, load_rgb, preprocess, resize_center_crop, storage_size
+from train.data import BadImage, DataError, expand_inputs, frame_image, load_rgb, preprocess, storage_size
 
 
-def app_input(img: Image.Image, input_size: int) -> torch.Tensor:
-    """What an app form takes: the same resize and crop as `preprocess`, left as uint8 NHWC bytes."""
-    return next(app_batches(resize_center_crop(img, storage_size(input_size))[None], input_size, 1))
+def app_input(img: Image.Image, input_size: int, framing: str = "crop") -> torch.Tensor:
+    """What an app form takes: the same framing as `preprocess`, left as uint8 NHWC bytes."""
+    return next(app_batches(frame_image(img, storage_size(input_size, framing), framing)[None], input_size, 1))
 
 
 class Classifier:
@@ -39,14 +39,16 @@ class Classifier:
             meta = file_metadata(f"{path.suffix[1:]}_fp32", path)
             if "classes" not in meta or "preprocess" not in meta:
                 raise DataError(f"{path}: no class labels and preprocessing in its metadata (not a file of `make export`)")
-            self.classes, self.input_size = meta["classes"], int(meta["preprocess"]["center_crop_2"])
+            spec = meta["preprocess"]   # files of earlier exports name the input size center_crop_2
+            self.classes, self.input_size = meta["classes"], int(spec.get("input_size") or spec["center_crop_2"])
+            self.framing = spec.get("framing", "crop")
             app = meta.get("input_layout") == "NHWC"   # the app form: the uint8 crop in, probabilities out
             run = make_runner(f"{path.suffix[1:]}_{'app' if app else 'fp32'}", path, threads=threads)
             self._logits, self._input = (lambda x: run(x.numpy())), (app_input if app else preprocess)
         else:
             model, ckpt = load_weights(path)
             model.to(device)
-            self.classes, self.input_size = ckpt["classes"], model.config.input_size
+            self.classes, self.input_size, self.framing = ckpt["classes"], model.config.input_size, model.config.framing
             temperature = (ckpt.get("calibration") or {}).get("temperature", 1.0)
 
             @torch.no_grad()
@@ -57,7 +59,7 @@ class Classifier:
 
     def label(self, img: Image.Image, name: str = "") -> dict:
         """Label and probabilities of one RGB PIL image."""
-        logits = self._logits(self._input(img.convert("RGB"), self.input_size))[0].astype(np.float64)
+        logits = self._logits(self._input(img.convert("RGB"), self.input_size, self.framing))[0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         return {"file": name, "label": self.classes[int(probs.argmax())],
@@ -81,7 +83,7 @@ class Classifier:
     def label_file(self, path: Path) -> tuple[dict, Image.Image | None]:
         """The result for one image file, and the image as decoded (None when it cannot be read)."""
         try:
-            img = load_rgb(path, min_side=storage_size(self.input_size))
+            img = load_rgb(path, min_side=storage_size(self.input_size, self.framing))
         except BadImage as e:
             return {"file": str(path), "error": str(e)}, None
         return self.label(img, str(path)), img

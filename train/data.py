@@ -6,8 +6,12 @@ file on disk keyed by the files' bytes, written as a stream while decoding and m
 data set larger than memory trains too. Augmentation then runs on whole batches with `affine_grid` /
 `grid_sample`, which is what makes a 2-core CPU epoch take seconds instead of tens of seconds.
 
-`preprocess` is the one definition of inference preprocessing (resize shorter side to S, centre
-crop S, centre crop the model's input size, normalise); evaluation, prediction and export use it.
+`preprocess` is the one definition of inference preprocessing; evaluation, prediction and export
+use it. How a photo is framed into the square is the model's `framing` (FRAMINGS): `crop` resizes
+the shorter side to S, keeps the centre square, then the centre input-size square; `squash` scales
+the whole photo to the input size, aspect not kept, which is what MediaPipe's ImageClassifier and
+most app clients do with a bitmap. A squash model stores its photos at the input size itself, so
+its evaluation view (the centre input-size square of the stored one) is the whole stored image.
 """
 from __future__ import annotations
 
@@ -52,9 +56,13 @@ class BadImage(ProjectError):
     """One file cannot be used; the message names the file and the reason."""
 
 
-def storage_size(input_size: int) -> int:
-    """Side of the stored square: 1/8 larger than the input, like 256 -> 224 for ImageNet."""
-    return input_size + input_size // 8
+FRAMINGS = ("crop", "squash")
+
+
+def storage_size(input_size: int, framing: str = "crop") -> int:
+    """Side of the stored square: for `crop` 1/8 larger than the input, like 256 -> 224 for
+    ImageNet; for `squash` the input itself (the whole photo, as a client scales it)."""
+    return input_size + input_size // 8 if framing == "crop" else input_size
 
 
 # ---------------------------------------------------------------- finding files
@@ -220,6 +228,14 @@ def resize_center_crop(img: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def frame_image(img: Image.Image, size: int, framing: str = "crop") -> torch.Tensor:
+    """A photo as the stored uint8 square (3, size, size) of its framing (FRAMINGS)."""
+    if framing == "crop":
+        return resize_center_crop(img, size)
+    img = img.resize((size, size), Image.BILINEAR, reducing_gap=None)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
     return (x_uint8.float() - MEAN_NCHW * 255) / (STD_NCHW * 255)
 
@@ -242,23 +258,28 @@ def eval_batches(images_uint8: torch.Tensor, input_size: int, batch: int = 100):
         yield eval_transform(images_uint8[i:i + batch], input_size)
 
 
-def preprocess(img: Image.Image, input_size: int) -> torch.Tensor:
+def preprocess(img: Image.Image, input_size: int, framing: str = "crop") -> torch.Tensor:
     """The single definition of inference preprocessing: PIL RGB image -> (1, 3, R, R) float."""
-    return eval_transform(resize_center_crop(img, storage_size(input_size))[None], input_size)
+    return eval_transform(frame_image(img, storage_size(input_size, framing), framing)[None], input_size)
 
 
-def load_input(path: str | Path, input_size: int) -> torch.Tensor:
+def load_input(path: str | Path, input_size: int, framing: str = "crop") -> torch.Tensor:
     """An image file -> (1, 3, R, R) model input, through load_rgb (BadImage on any failure)."""
-    return preprocess(load_rgb(path, min_side=storage_size(input_size)), input_size)
+    return preprocess(load_rgb(path, min_side=storage_size(input_size, framing)), input_size, framing)
 
 
-def preprocess_spec(input_size: int) -> dict:
+def preprocess_spec(input_size: int, framing: str = "crop") -> dict:
     """What `preprocess` does, recorded in checkpoints and exported models for consumers."""
-    return {"exif_orientation": "applied (the image is made upright first)",
-            "decode": "8-bit RGB; alpha composited on white; 16-bit greyscale scaled to 8 bits; large JPEGs "
-                      "DCT-scaled while the shorter side stays >= resize_shorter_side",
-            "resize_shorter_side": storage_size(input_size), "center_crop_1": storage_size(input_size),
-            "center_crop_2": input_size, "interpolation": "bilinear (PIL, antialiased)",
+    common = {"exif_orientation": "applied (the image is made upright first)",
+              "decode": "8-bit RGB; alpha composited on white; 16-bit greyscale scaled to 8 bits; large JPEGs "
+                        "DCT-scaled while the shorter side stays >= the stored size",
+              "framing": framing, "input_size": input_size}
+    if framing == "crop":
+        framed = {"resize_shorter_side": storage_size(input_size), "center_crop_1": storage_size(input_size),
+                  "center_crop_2": input_size}
+    else:
+        framed = {"resize_whole_image": [input_size, input_size], "aspect": "not kept (as MediaPipe's ImageClassifier scales a bitmap)"}
+    return {**common, **framed, "interpolation": "bilinear (PIL, antialiased)",
             "scale": "1/255", "mean": list(MEAN), "std": list(STD), "color": "RGB", "layout": "NCHW"}
 
 
@@ -277,9 +298,11 @@ class DecodedSplit:
         return len(self.labels)
 
 
-def content_key(items: list[tuple[Path, int]], classes: list[str], size: int) -> str:
-    """Hash of every file's bytes, label and name: any change to the data gives a new cache file."""
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{','.join(classes)}".encode())
+def content_key(items: list[tuple[Path, int]], classes: list[str], size: int, framing: str = "crop") -> str:
+    """Hash of every file's bytes, label and name, and of the framing: any change to the data gives
+    a new cache file."""
+    framed = "" if framing == "crop" else f"|{framing}"   # crop keys are the ones they always were
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{','.join(classes)}{framed}".encode())
     for path, label in items:
         h.update(f"|{path.name}|{label}|".encode())
         h.update(path.read_bytes())
@@ -287,14 +310,14 @@ def content_key(items: list[tuple[Path, int]], classes: list[str], size: int) ->
 
 
 def decode_items(items: list[tuple[Path, int]], classes: list[str], size: int, desc: str,
-                 stream: BinaryIO | None = None) -> DecodedSplit:
+                 stream: BinaryIO | None = None, framing: str = "crop") -> DecodedSplit:
     """Decode and resize every readable file, in order. With `stream`, each image's bytes are
     written there as it is decoded and the returned split has no images (the caller maps the
     file): a data set larger than memory never sits in it whole."""
     images, labels, paths, skipped = [], [], [], []
     for path, label in progress(items, desc=f"decode {desc}", unit="img"):
         try:
-            image = resize_center_crop(load_rgb(path, min_side=size), size)
+            image = frame_image(load_rgb(path, min_side=size), size, framing)
         except BadImage as e:
             warn(f"skipped {e}")
             skipped.append(str(e))
@@ -361,16 +384,17 @@ def read_cache(index_file: Path, images_file: Path, size: int, folder: Path) -> 
     return DecodedSplit(map_images(images_file, count, size), labels, classes, paths, skipped)
 
 
-def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | None = None) -> DecodedSplit:
+def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | None = None,
+                framing: str = "crop") -> DecodedSplit:
     """Decode every image under folder/<class>/ once. With a cache folder, the decoded images are
     streamed into a raw uint8 file keyed by content (plus a small index of labels, paths and the
     file's sha1) and memory-mapped from there, on this run and every later one."""
     items = list_images(folder, classes)
     if not items:
         raise DataError(f"{folder}: no images found in any class folder ({', '.join(classes)})")
-    key = content_key(items, classes, size)
+    key = content_key(items, classes, size, framing)
     if cache_dir is None:
-        split = decode_items(items, classes, size, folder.name)
+        split = decode_items(items, classes, size, folder.name, framing=framing)
         if len(split) == 0:
             raise DataError(f"{folder}: none of the {len(items)} files could be decoded")
     else:
@@ -380,19 +404,24 @@ def load_folder(folder: Path, classes: list[str], size: int, cache_dir: Path | N
         index_file, images_file = stem.with_suffix(".pt"), stem.with_suffix(".u8")
         split = read_cache(index_file, images_file, size, folder)
         if split is None:
-            split = write_cache(items, classes, size, folder, index_file, images_file)
+            split = write_cache(items, classes, size, folder, index_file, images_file, framing)
     split.key = key
     return split
 
 
+def load_for_model(folder: Path, classes: list[str], config, cache_dir: Path | None = None) -> DecodedSplit:
+    """A folder decoded the way a model (its ModelConfig) frames its input: what it is evaluated on."""
+    return load_folder(folder, classes, storage_size(config.input_size, config.framing), cache_dir, config.framing)
+
+
 def write_cache(items: list[tuple[Path, int]], classes: list[str], size: int, folder: Path,
-                index_file: Path, images_file: Path) -> DecodedSplit:
+                index_file: Path, images_file: Path, framing: str = "crop") -> DecodedSplit:
     """Decode the items straight into the cache's images file, then write its index; the split
     returned maps the file."""
     tmp = temp_path(images_file)
     try:
         with open(tmp, "wb") as f:
-            split = decode_items(items, classes, size, folder.name, stream=f)
+            split = decode_items(items, classes, size, folder.name, stream=f, framing=framing)
         if len(split) == 0:
             raise DataError(f"{folder}: none of the {len(items)} files could be decoded")
         os.replace(tmp, images_file)
@@ -406,7 +435,8 @@ def write_cache(items: list[tuple[Path, int]], classes: list[str], size: int, fo
     return split
 
 
-def load_splits(root: str | Path, size: int, splits=SPLITS, cache_dir: Path | None = None) -> dict[str, DecodedSplit]:
+def load_splits(root: str | Path, size: int, splits=SPLITS, cache_dir: Path | None = None,
+                framing: str = "crop") -> dict[str, DecodedSplit]:
     """Decoded splits of a {train,val,test}/<class>/ root, with one class list shared by all."""
     root = check_data_root(root)
     if not is_split_root(root):
@@ -423,7 +453,7 @@ def load_splits(root: str | Path, size: int, splits=SPLITS, cache_dir: Path | No
         if not (root / s).is_dir():
             raise DataError(f"{root / s}: split folder missing")
 
-        out[s] = load_folder(root / s, classes, size, cache_dir)
+        out[s] = load_folder(root / s, classes, size, cache_dir, framing)
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -23,8 +24,8 @@ from train.checkpoint import load_weights
 from train.classifier import Classifier
 from train.common import (ARTIFACTS, SHIPPED_WEIGHTS, at_least, command_errors, device_name, markdown_table, percent, progress,
                           resolve_device)
-from train.data import (DEFAULT_DATA, DataError, check_data_root, class_names, expand_inputs, is_split_root,
-                        load_folder, storage_size)
+from train.data import (DEFAULT_DATA, FRAMINGS, DataError, check_data_root, class_names, expand_inputs, is_split_root,
+                        load_for_model)
 from train.distributed import teardown
 from train.plots import plot_prediction, plot_runs
 from train.recipes import add_train_options, recipe_defaults
@@ -39,10 +40,12 @@ def cmd_evaluate(args) -> dict:
     found = class_names(folder)
     for weights in args.weights:
         model, ckpt = load_weights(weights)
+        if args.framing:
+            model.config = replace(model.config, framing=args.framing)
         model.to(resolve_device(args.device))
         if found != ckpt["classes"]:
             raise DataError(f"{folder}: class folders {found} differ from {weights}'s classes {ckpt['classes']}")
-        split_here = load_folder(folder, ckpt["classes"], storage_size(model.config.input_size), cache)
+        split_here = load_for_model(folder, ckpt["classes"], model.config, cache)
         if split is not None and split_here.paths != split.paths:
             raise DataError(f"{folder}: {weights} reads other images than {args.weights[0]} (input sizes skip other files)")
         split = split_here
@@ -54,14 +57,16 @@ def cmd_evaluate(args) -> dict:
     lo, hi = scoring.wilson_interval(r["correct"], r["n"])
     if len(args.weights) > 1:
         print(f"ensemble of the {len(args.weights)} (mean softmax):")
-    print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped" + (" (named above)" if split.skipped else ""))
+    print(f"{folder}: {r['n']} images, {len(split.skipped)} skipped" + (" (named above)" if split.skipped else "")
+          + f", framed by {models[0].config.framing}")
     print(f"  accuracy {r['acc']:.2f}% (95% interval {lo:.1f}-{hi:.1f}%)")
     for c, a in r["per_class"].items():
         print(f"  {c:8s} {percent(a):>6s}")
     result = {"accuracy": round(r["acc"], 2), "ci95": [round(lo, 2), round(hi, 2)], "n": r["n"],
               "params": sum(count_parameters(m) for m in models),
               "skipped": len(split.skipped), "per_class": {c: None if a is None else round(a, 2) for c, a in r["per_class"].items()},
-              "weights": args.weights[0] if len(args.weights) == 1 else args.weights, "data": str(folder)}
+              "weights": args.weights[0] if len(args.weights) == 1 else args.weights, "data": str(folder),
+              "framing": models[0].config.framing}
     print(json.dumps(result))
     return result
 
@@ -157,6 +162,9 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
             s.add_argument("--data", default=str(DEFAULT_DATA), help="folder of <class>/ subfolders, or a split root (default: %(default)s)")
             s.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to use when --data is a split root (default: %(default)s)")
             s.add_argument("--cache-dir", default="", help="decoded-image cache folder (default: no cache)")
+            s.add_argument("--framing", default="", choices=("", *FRAMINGS),
+                           help="frame the photos another way than the model's own (crop or squash: what a client such "
+                                "as MediaPipe does) to see what it reads there (default: the model's own)")
         else:
             s.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
             s.add_argument("--json", action="store_true", help='one JSON object per line and file: {"file", "label", '

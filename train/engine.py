@@ -190,7 +190,7 @@ class Run:
 
 
 def run_config(args):
-    config = get_config(args.model, args.input_size)
+    config = replace(get_config(args.model, args.input_size), framing=args.framing)
     if args.no_flip_average:
         config = replace(config, flip_average=False)
     return replace(config, branches=args.branches) if args.branches else config
@@ -200,7 +200,8 @@ def load_data(args, config, procs: Processes, out: Path, log) -> dict:
     """The decoded splits (rank 0 decodes and writes the cache; the others then map it); with
     --train-on train+val the val images train too (val is still evaluated, for the curves)."""
     with main_rank_first(procs):
-        data = load_splits(args.data, storage_size(config.input_size), cache_dir=Path(args.cache_dir))
+        data = load_splits(args.data, storage_size(config.input_size, config.framing), cache_dir=Path(args.cache_dir),
+                           framing=config.framing)
     skipped = [reason for d in data.values() for reason in d.skipped]
     log(f"data: {args.data}  " + "  ".join(f"{s}={len(d)}" for s, d in data.items())
         + f"  classes={data['train'].classes}  skipped={len(skipped)}")
@@ -264,10 +265,25 @@ def load_teachers(args, classes: list[str], device: torch.device, log) -> list:
     return teachers
 
 
-def build_run(args, config, procs: Processes) -> Run:
+def initial_model(args, config, classes: list[str]) -> torch.nn.Module:
+    """A new network of the config, or with --init a trained one's weights to fine-tune. Those are
+    its inference form, BatchNorm folded into each conv's bias, and they train in that form: its
+    statistics are already in the weights, and a fine-tune's batches need no normalising."""
+    if not args.init:
+        return build_model(config)
+    model, ckpt = load_weights(args.init)
+    want = replace(config, folded=True, branches=0)
+    if replace(model.config, framing=config.framing) != want or ckpt["classes"] != classes:
+        raise CheckpointError(f"--init {args.init}: holds {ckpt['classes']} with {model.config}; this run builds "
+                              f"{classes} with {want} (--model and the data must match the file)")
+    model.config = want
+    return model.train()
+
+
+def build_run(args, config, procs: Processes, classes: list[str]) -> Run:
     order_gen = seed_everything(args.seed)  # the same on every rank: same init, same batch order
     aug_gen = torch.Generator().manual_seed(augmentation_seed(args.seed, procs.rank))
-    model = build_model(config).to(procs.device)
+    model = initial_model(args, config, classes).to(procs.device)
     channels_last = channels_last_layout(procs.device, args) and channels_last_trainable(model)
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ema = EMA(model, args.ema_decay)
@@ -414,7 +430,7 @@ def train_job(args) -> dict:
         with main_rank_first(procs):
             bank, teachers = bank_for_run(args, data, [t.cpu() for t in teachers], log), []
     fit_batch(args, len(data["train"]), procs.world, log)
-    run = build_run(args, config, procs)
+    run = build_run(args, config, procs, classes)
     global_batch = args.batch_size * procs.world
     steps_per_epoch = len(data["train"]) // global_batch
     if args.resume:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mobile_model import CONFIGS, SHIPPED
 from train.common import ARTIFACTS, ProjectError, at_least, device_name, fraction, real
-from train.data import DEFAULT_DATA
+from train.data import DEFAULT_DATA, FRAMINGS
 
 # the shipped model's teachers, the default --teacher: the four `large` trained from scratch
 # (recipes/large.toml seeds 0, 1, 2 and recipes/teacher-large128.toml), read from a bank of
@@ -126,6 +126,13 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--data", default=str(DEFAULT_DATA), help="split root {train,val,test}/<class>/ (default: %(default)s)")
     t.add_argument("--model", default=SHIPPED, choices=sorted(CONFIGS), help="model size from mobile_model.CONFIGS (default: %(default)s)")
     t.add_argument("--input-size", type=input_size, default=0, help="input resolution in px, 0 = the config's (default: %(default)s)")
+    t.add_argument("--framing", default="crop", choices=FRAMINGS,
+                   help="how a photo becomes the input square, in training and in every use of the model: crop (shorter "
+                        "side, centre square) or squash (the whole photo scaled to the input, aspect not kept: what "
+                        "MediaPipe's ImageClassifier does with an app's bitmap) (default: %(default)s)")
+    t.add_argument("--init", default="",
+                   help="start from the weights of this .pkl (same --model; its inference form, BatchNorm folded) "
+                        "instead of a random init: fine-tuning (default: none)")
     t.add_argument("--branches", type=at_least(0, 8), default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
     t.add_argument("--epochs", type=at_least(1), default=300, help="training epochs (default: %(default)s)")

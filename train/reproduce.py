@@ -26,7 +26,7 @@ import torch
 
 from train.checkpoint import load_weights
 from train.common import ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, command_errors, markdown_table
-from train.data import DEFAULT_DATA, DataError, check_data_root, load_folder, storage_size
+from train.data import DEFAULT_DATA, DataError, check_data_root, load_for_model
 from train.runlog import mean_sd, read_log
 from train.scoring import evaluate
 
@@ -170,7 +170,7 @@ def run_chain(chain: list[Step], out: Path, jobs: int) -> None:
 
 def test_accuracy(weights: Path, data: Path) -> float:
     model, ckpt = load_weights(weights)
-    return evaluate(model, load_folder(data / "test", ckpt["classes"], storage_size(model.config.input_size)))["acc"]
+    return evaluate(model, load_for_model(data / "test", ckpt["classes"], model.config))["acc"]
 
 
 def compare(out: Path, data: Path) -> str:
