@@ -39,6 +39,7 @@ from export.calibration import CalibrationError, calibration_report, fit_tempera
 from export import model_card
 from export.executorch_export import export_pte
 from export.litert_export import RANGES as LITERT_RANGES, candidate_name, embed_metadata
+from export.mediapipe_client import client_accuracy
 from export.app_form import AppForm, app_metadata
 from export.formats import FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR, with_needs
 from export.runtimes import batched_logits, make_runner, model_inputs
@@ -50,6 +51,7 @@ from train.data import DEFAULT_DATA, DecodedSplit, check_data_root, load_for_mod
 OPSET = 18
 FP32_ATOL = 1e-4
 INT8_MAX_DROP = 1.0  # accuracy points
+CLIENT_MAX_GAP = 1.5  # accuracy points between an app client (MediaPipe) on the photo files and eager on the decoded split
 INT8_MIN_AGREEMENT = 95.0  # % of test images with the FP32 label
 MODEL_CARD = "MODEL_CARD.md"                 # the exported model's card, written into the set
 CALIBRATED_WEIGHTS = "dog_emotion.pkl"      # the weights with the temperature folded in: for `predict --weights`
@@ -342,7 +344,27 @@ def write_tflite(job: ExportJob, tmp: Path, fmt: str) -> dict | None:
         chosen, path = max(candidates, key=lambda c: int8_fidelity(c[0]))
         shutil.copy(path, tmp)
     embed_metadata(tmp, job.record(fmt))
-    return chosen
+    return {**(chosen or {}), **client_check(job, fmt, tmp)} if f.client else chosen
+
+
+def client_check(job: ExportJob, fmt: str, path: Path) -> dict:
+    """The client an app runs the file in (MediaPipe's ImageClassifier, default options) on the test
+    photo files themselves: it must load the file and name every class. Its accuracy is compared
+    with eager's, and a gap over CLIENT_MAX_GAP points is said, with the framing that explains it."""
+    try:
+        r = client_accuracy(path, job.test.paths, job.test.labels.tolist(), job.meta["classes"])
+    except (RuntimeError, ValueError) as e:
+        raise ExportError(f"{fmt}: {FORMATS[fmt].client} refuses the file: {str(e).splitlines()[0][:300]}") from None
+    if not r["MediaPipe names the classes"]:
+        raise ExportError(f"{fmt}: {FORMATS[fmt].client} does not name the classes from the file's labels")
+    gap = r["MediaPipe accuracy (%)"] - round(accuracy(job.eager, job.test.labels.numpy()), 2)
+    print(f"{fmt} in {FORMATS[fmt].client}'s ImageClassifier (default options, the photo files): "
+          f"{r['MediaPipe accuracy (%)']:.2f}% ({gap:+.2f} points against eager)")
+    if abs(gap) > CLIENT_MAX_GAP:
+        print(f"WARNING: {FORMATS[fmt].client} reads {abs(gap):.2f} points "
+              f"{'under' if gap < 0 else 'over'} eager: it scales the whole photo to the input, and this model is "
+              f"framed by {job.model.config.framing}" + (" (train it with --framing squash)" if job.model.config.framing == "crop" else ""))
+    return r
 
 
 def search_onnx_int8(job: ExportJob, fmt: str) -> list[dict]:
@@ -455,7 +477,7 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
         save_weights(model, ckpt["classes"], out / CALIBRATED_WEIGHTS,
                      {**ckpt["metrics"], "temperature": calibration["temperature"]})
     eager = batched_logits(make_runner("eager", model=model), test.images, model.config.input_size)
-    meta = {**metadata(model, ckpt), "temperature": calibration.get("temperature", 1.0)}
+    meta = {**metadata(model, ckpt), "temperature": calibration.get("temperature", 1.0), "calibrated": bool(calibration)}
     return ExportJob(model, meta, out, test, val, calib, eager, calibration=calibration)
 
 

@@ -27,8 +27,9 @@ class Format:
     environment: str = ""   # what the export needs beyond the main environment
     optional: bool = False  # an export may lack it (an INT8 file refused by the rule, or the environment missing)
     web: bool = False       # served by the browser demo
-    app: bool = False       # the app form: uint8 RGB NHWC crop in, calibrated probabilities out (APP_INPUT)
+    app: bool = False       # the app form: uint8 RGB NHWC image in, probabilities out (export/app_form.py)
     needs: tuple[str, ...] = ()   # the rows whose files (or choices) its writer starts from
+    client: str = ""        # the app-side client that must load it, checked by the export on the test photos
 
 
 FORMAT_TABLE = (
@@ -48,18 +49,16 @@ FORMAT_TABLE = (
     Format("pte_app", "dog_emotion.app.pte", FP32, "executorch", "the app form for ExecuTorch", app=True),
     Format("pte_int8", "dog_emotion.int8.pte", INT8, "executorch", "ExecuTorch (XNNPACK) where size matters most (INT8)", optional=True),
     Format("pte_app_int8", "dog_emotion.app.int8.pte", INT8, "executorch", "the ExecuTorch app form, INT8", optional=True, app=True),
-    Format("tflite_fp32", "dog_emotion.tflite", FP32, "litert", "LiteRT on Android, directly or through MediaPipe (batch 1)",
-           LITERT_ENV, optional=True),
-    Format("tflite_app", "dog_emotion.app.tflite", FP32, "litert", "the app form for LiteRT (batch 1)", LITERT_ENV,
-           optional=True, app=True),
-    Format("tflite_int8", "dog_emotion.int8.tflite", INT8, "litert", "LiteRT where size matters most: int8 in and out, scale and zero point in the file",
-           LITERT_ENV, optional=True),
+    Format("tflite_fp32", "dog_emotion.tflite", FP32, "litert", "LiteRT's Interpreter API on Android (NCHW float in, logits "
+           "out, batch 1); not MediaPipe, which takes NHWC images: the app form is its file", LITERT_ENV, optional=True),
+    Format("tflite_app", "dog_emotion.app.tflite", FP32, "litert", "MediaPipe Tasks' ImageClassifier on Android, iOS and "
+           "the web (labels inside), or LiteRT directly (batch 1)", LITERT_ENV, optional=True, app=True, client="MediaPipe"),
+    Format("tflite_int8", "dog_emotion.int8.tflite", INT8, "litert", "LiteRT's Interpreter API where size matters most: int8 "
+           "in and out, scale and zero point in the file; not MediaPipe (it takes uint8 or float input)", LITERT_ENV, optional=True),
     Format("tflite_app_int8", "dog_emotion.app.int8.tflite", INT8, "litert", "the LiteRT app form, INT8 inside", LITERT_ENV,
            optional=True, app=True),
 )
 FORMATS = {f.name: f for f in FORMAT_TABLE}
-# what an app form takes: the crop of the photo's shorter side resized, as its bitmap holds it
-APP_INPUT = "uint8 RGB, NHWC (batch, crop, crop, 3): the centre crop after resizing the shorter side"
 
 
 def with_needs(names) -> list[str]:

@@ -49,7 +49,7 @@ def not_dogs() -> dict[str, Image.Image]:
 def out_of_scope_rows(model, classes: list[str]) -> list[dict]:
     rows = []
     for name, img in not_dogs().items():
-        probs = model(preprocess(img, model.config.input_size)).softmax(1)[0]
+        probs = model(preprocess(img, model.config.input_size, model.config.framing)).softmax(1)[0]
         rows.append({"picture": name, "label given": classes[int(probs.argmax())],
                      "its probability": f"{probs.max().item():.2f}"})
     return rows
@@ -113,7 +113,11 @@ def shipped_digest() -> str | None:
 
 
 def details(model, ckpt: dict, cal: dict, recipe: dict | None) -> str:
-    spec = preprocess_spec(model.config.input_size)
+    spec = preprocess_spec(model.config.input_size, model.config.framing)
+    size = model.config.input_size
+    framed = (f"the whole photo scaled to {size} x {size} px, aspect not kept (what MediaPipe's ImageClassifier does "
+              "with an app's bitmap)" if spec["framing"] == "squash" else
+              f"shorter side resized to {spec.get('resize_shorter_side')} px, centre-cropped to {size} px")
     if recipe is not None:
         training = (f"the shipped recipe (the defaults of `python -m train.dog_emotion train`, `make train`): {recipe['epochs']} epochs, distilled from "
                     f"{', '.join(f'`{t}`' for t in recipe.get('teacher', [])) or 'no teacher'}")
@@ -127,11 +131,11 @@ def details(model, ckpt: dict, cal: dict, recipe: dict | None) -> str:
   in PyTorch; no pretrained weights anywhere. **{sum(p.numel() for p in model.parameters()):,} parameters**
   as it ships (BatchNorm folded), {count_macs(model) / 1e6:.2f} M multiply-accumulates per photo
   (flip averaging: the network averages each photo with its mirror image).
-- Input: one RGB photo, made upright from its EXIF orientation, shorter side resized to
-  {spec['resize_shorter_side']} px, centre-cropped to {model.config.input_size} px, scaled to [0, 1] and normalised with
-  mean {spec['mean']} and std {spec['std']} (`{METADATA_SIDECAR}` has the record).
+- Input: one RGB photo, made upright from its EXIF orientation, {framed}, scaled to [0, 1] and
+  normalised with mean {spec['mean']} and std {spec['std']} (`{METADATA_SIDECAR}` has the record).
 - Output: logits for {', '.join(ckpt['classes'])}; softmax gives probabilities {temperature}. The app forms
-  (`*.app.*`) take the uint8 crop itself and give those probabilities.
+  (`*.app.*`) take the uint8 {size} x {size} image itself and give those probabilities; the `.app.tflite`
+  carries LiteRT's standard metadata (labels file, image input, probabilities out) for MediaPipe.
 - Training: {training}; code MIT-licensed (LICENSE).
 """
 

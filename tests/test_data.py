@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import CLASSES, make_image, write_split_root
-from train.data import (BadImage, DataError, augment_batch, load_folder, load_rgb, load_splits, preprocess,
-                        resize_center_crop, storage_size)
+from train.data import (BadImage, DataError, augment_batch, load_folder, load_for_model, load_rgb, load_splits,
+                        preprocess, resize_center_crop, storage_size)
 from train.prepare_data import dhash_bits, near_duplicate_groups, prepare
 
 
@@ -162,6 +162,30 @@ def test_preprocess_matches_batch_eval_path(tmp_path):
     manual = (stored[:, 4:68, 4:68].float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) \
         / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     assert torch.allclose(x[0], manual, atol=1e-5)
+
+
+def test_squash_framing_is_the_whole_photo_scaled_to_the_input_as_a_client_does(tmp_path):
+    """What MediaPipe's ImageClassifier does with a bitmap: the whole photo to R x R, aspect not
+    kept. Evaluation (the cached split), predict (preprocess) and the model config agree on it."""
+    from dataclasses import replace
+
+    from mobile_model import get_config
+    img = make_image(3, size=(120, 60))   # 2:1, so a crop and a squash differ
+    whole = np.asarray(img.resize((64, 64), Image.BILINEAR, reducing_gap=None), dtype=np.float32) / 255
+    manual = (torch.from_numpy(whole).permute(2, 0, 1) - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) \
+        / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    squashed = preprocess(img, 64, "squash")
+    assert storage_size(64, "squash") == 64 and torch.allclose(squashed[0], manual, atol=1e-5)
+    assert not torch.allclose(squashed, preprocess(img, 64), atol=0.1)   # crop framing sees less of the photo
+    folder = tmp_path / "photos"
+    (folder / "angry").mkdir(parents=True)
+    img.save(folder / "angry" / "wide.png")
+    config = replace(get_config("nano", 64), framing="squash")
+    split = load_for_model(folder, ["angry"], config, tmp_path / "cache")
+    assert split.images.shape == (1, 3, 64, 64)
+    assert torch.equal(split.images[0], torch.from_numpy(np.asarray(img.resize((64, 64), Image.BILINEAR, reducing_gap=None))).permute(2, 0, 1))
+    crop = load_for_model(folder, ["angry"], get_config("nano", 64), tmp_path / "cache")
+    assert crop.images.shape == (1, 3, 72, 72) and crop.key != split.key   # one cache entry each, never mixed
 
 
 def test_augment_batch_shapes_and_determinism():

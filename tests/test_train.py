@@ -191,6 +191,27 @@ def test_evaluate_and_predict_cli(split_root, tmp_path, capsys):
         dog_emotion.main(["evaluate", "--data", str(tmp_path / "nowhere"), "--weights", weights])
 
 
+def test_a_squash_model_fine_tuned_from_a_crop_model_keeps_its_framing_through_every_door(split_root, tmp_path, capsys):
+    """--init starts from a trained file (its folded form), --framing squash trains and records
+    the client's framing; evaluate and predict then frame photos that way, and --framing on
+    evaluate shows a model under the other framing."""
+    crop = tmp_path / "crop"
+    run_train(split_root, crop, "--epochs", "1")
+    m = run_train(split_root, tmp_path / "squash", "--epochs", "2", "--framing", "squash", "--init", str(crop / "dog_emotion.pkl"))
+    model, ckpt = load_weights(tmp_path / "squash" / "dog_emotion.pkl")
+    assert model.config.framing == "squash" and ckpt["preprocess"]["framing"] == "squash"
+    assert m["params"] == count_parameters(load_weights(crop / "dog_emotion.pkl")[0]), "a fine-tune keeps the model"
+    start = load_weights(crop / "dog_emotion.pkl")[0].state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items()), "the fine-tune trained"
+    capsys.readouterr()
+    for framing in ("", "crop"):
+        dog_emotion.main(["evaluate", "--data", str(split_root), "--weights", str(tmp_path / "squash" / "dog_emotion.pkl"),
+                          *(["--framing", framing] if framing else [])])
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["framing"] == (framing or "squash")
+    with pytest.raises(SystemExit, match="--init .*crop/dog_emotion.pkl: holds .* this run builds"):
+        run_train(split_root, tmp_path / "other", "--epochs", "1", "--model", "micro", "--init", str(crop / "dog_emotion.pkl"))
+
+
 def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
     run_train(split_root, tmp_path / "teacher", "--epochs", "1")
     teacher = str(tmp_path / "teacher" / "dog_emotion.pkl")

@@ -32,15 +32,17 @@ async function session(key) {
   return sessions[key];
 }
 
-// The export's resize and crop: shorter side to resize_shorter_side (bilinear, smoothed), centre
-// crop, centre crop the input size; the crop's RGB bytes, NHWC, are what the app form takes.
+// The export's framing (bilinear, smoothed): "squash" scales the whole photo to the input size,
+// aspect not kept (as MediaPipe does); "crop" resizes the shorter side to resize_shorter_side, then
+// takes the centre input-size square. Those RGB bytes, NHWC, are what the app form takes.
 function toInput(bitmap, p) {
-  const size = p.center_crop_2;
-  const scale = p.resize_shorter_side / Math.min(bitmap.width, bitmap.height);
-  const w = Math.max(p.resize_shorter_side, Math.round(bitmap.width * scale));
-  const h = Math.max(p.resize_shorter_side, Math.round(bitmap.height * scale));
-  const left = Math.floor((w - p.center_crop_1) / 2) + Math.floor((p.center_crop_1 - size) / 2);
-  const top = Math.floor((h - p.center_crop_1) / 2) + Math.floor((p.center_crop_1 - size) / 2);
+  const size = p.input_size ?? p.center_crop_2;   // exports before the framing record name it center_crop_2
+  const squash = p.framing === "squash";
+  const scale = squash ? 0 : p.resize_shorter_side / Math.min(bitmap.width, bitmap.height);
+  const w = squash ? size : Math.max(p.resize_shorter_side, Math.round(bitmap.width * scale));
+  const h = squash ? size : Math.max(p.resize_shorter_side, Math.round(bitmap.height * scale));
+  const left = squash ? 0 : Math.floor((w - p.center_crop_1) / 2) + Math.floor((p.center_crop_1 - size) / 2);
+  const top = squash ? 0 : Math.floor((h - p.center_crop_1) / 2) + Math.floor((p.center_crop_1 - size) / 2);
   const canvas = new OffscreenCanvas(w, h);
   const ctx = canvas.getContext("2d");
   ctx.imageSmoothingEnabled = true;
@@ -58,7 +60,7 @@ function toInput(bitmap, p) {
 
 // The app form's probabilities for a crop's RGB bytes (NHWC)
 async function runModel(rgb, key) {
-  const size = meta.preprocess.center_crop_2;
+  const size = meta.preprocess.input_size ?? meta.preprocess.center_crop_2;
   const sess = await session(key);
   const out = await sess.run({ [sess.inputNames[0]]: new ort.Tensor("uint8", rgb, [1, size, size, 3]) });
   return Array.from(out[sess.outputNames[0]].data);
