@@ -1,12 +1,16 @@
 """A user's own data set end to end, with the default options of every command: 3 classes of 20
 photos, no split, prepared, trained (1 epoch), evaluated, used to label photos, exported (its ONNX
-files), and the exported ONNX file run on one photo."""
+files and, with the LiteRT converter, the phone's .app.tflite), the exported ONNX file run on one
+photo and the .tflite in MediaPipe's ImageClassifier, the client apps use."""
 import json
 
 import numpy as np
 from PIL import Image
 
+from conftest import litert_installed
 from export import export as exporter
+from export.client_metadata import read_labels
+from export.mediapipe_client import classify
 from train import dog_emotion, prepare_data
 from train.classifier import Classifier
 from train.recipes import SHIPPED_TEACHER
@@ -42,10 +46,16 @@ def test_three_classes_of_twenty_photos_go_from_raw_folders_to_an_onnx_file(tmp_
     labelled = dog_emotion.cmd_predict(dog_emotion.parse_args(["predict", str(photo), "--weights", weights]))
     assert labelled[0]["label"] in CLASSES and abs(sum(labelled[0]["probabilities"].values()) - 1) < 1e-3
 
-    # the ONNX files alone: the other formats carry the classes the same way (tested on the shipped model)
-    exporter.main(["--weights", weights, "--data", str(data), "--out", str(export_dir), "--formats", "onnx_fp32", "onnx_app"])
+    # the ONNX files and the phone's .tflite: the other formats carry the classes the same way (tested
+    # on the shipped model)
+    phone = ["tflite_app"] if litert_installed() else []
+    exporter.main(["--weights", weights, "--data", str(data), "--out", str(export_dir), "--formats", "onnx_fp32", "onnx_app", *phone])
     meta = json.loads((export_dir / exporter.METADATA_SIDECAR).read_text())
     assert meta["classes"] == CLASSES
+    if phone:   # the labels file inside, and MediaPipe names this model's own three classes on every photo
+        tflite = export_dir / "dog_emotion.app.tflite"
+        assert read_labels(tflite) == CLASSES
+        assert all(set(r) == set(CLASSES) for r in classify(tflite, sorted(map(str, (data / "test").rglob("*.jpg")))))
     # one object, one call, for the exported ONNX file and the weights it came from: the same answer
     onnx_rows = Classifier(export_dir / "dog_emotion.onnx").predict([photo, Image.open(photo)])
     pkl_row = Classifier(weights).predict(photo)[0]   # trained on val: exported uncalibrated, as the NOTE says
