@@ -34,8 +34,8 @@ def recipe_argv(recipe: str) -> list[str]:
 
 def record_bank(recipe: str, data: str) -> None:
     """The recipe's teacher bank, built before any layout is timed (when the recipe has one)."""
-    from train.dog_emotion import parse_args
-    args = parse_args(["train", *recipe_argv(recipe)])
+    from train.recipes import parse_train_args
+    args = parse_train_args(recipe_argv(recipe))
     if args.teacher_views and args.teacher:
         print("  the recipe's teacher bank: from the cache, or recorded there first (untimed; ~20-35 min on 2 cores)")
         done = subprocess.run([sys.executable, "-m", "train.bank", *recipe_argv(recipe), "--data", str(Path(data).resolve()),

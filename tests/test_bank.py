@@ -1,4 +1,4 @@
-"""The teacher bank (train/bank.py): recorded views replay exactly, a stopped build resumes to the
+"""The teacher bank (train/teacher_bank.py): recorded views replay exactly, a stopped build resumes to the
 same bank, and a run that reads it trains like one that runs its teachers."""
 import json
 from dataclasses import replace
@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from train import bank as bank_module
+from train import bank as bank_command, teacher_bank as bank_module
 from train import dog_emotion
 from train.checkpoint import load_weights
 from train.data import load_splits, render_views, storage_size
@@ -95,11 +95,11 @@ def test_a_run_reads_the_bank_built_once_for_every_run(split_root, teachers, tmp
     recipe = tmp_path / "r.toml"
     recipe.write_text(f"model = 'nano'\ninput_size = 32\nteacher = {json.dumps(teachers)}\nteacher_views = 3\n"
                       f"crop_scale = 0.3\ndata = '{split_root}'\ncache_dir = '{tmp_path / 'cache'}'\n")
-    bank_module.main(["--config", str(recipe), "--threads", "1"])
+    bank_command.main(["--config", str(recipe), "--threads", "1"])
     assert len(list((tmp_path / "cache").glob("bank-*.pt"))) == 3
     recipe.write_text(f"model = 'nano'\nteacher_views = 0\ndata = '{split_root}'\n")
     with pytest.raises(SystemExit):
-        bank_module.main(["--config", str(recipe)])
+        bank_command.main(["--config", str(recipe)])
     assert "no teacher bank to build" in capsys.readouterr().err
 
 

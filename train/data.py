@@ -465,7 +465,7 @@ def uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
 
 
 # One view of a photo is 13 numbers (VIEW_FIELDS), drawn by `draw_views` and drawn on the stored square
-# by `render_views` at any input size: the teacher bank (train/bank.py) records them so that a
+# by `render_views` at any input size: the teacher bank (train/teacher_bank.py) records them so that a
 # student replays exactly the views its teachers saw.
 VIEW_FIELDS = ("side", "angle", "flip", "tx", "ty", "brightness", "contrast", "saturation",
                "erase", "erase_top", "erase_left", "erase_h", "erase_w")

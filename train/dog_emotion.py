@@ -28,7 +28,7 @@ from train.data import (DEFAULT_DATA, FRAMINGS, DataError, check_data_root, clas
                         load_for_model)
 from train.distributed import teardown
 from train.plots import plot_prediction, plot_runs
-from train.recipes import add_train_options, recipe_defaults
+from train.recipes import add_train_options, recipe_of
 
 
 def cmd_evaluate(args) -> dict:
@@ -180,24 +180,12 @@ def get_args_parser(train_defaults: dict | None = None) -> argparse.ArgumentPars
     return p
 
 
-def config_path(argv: list[str]) -> str:
-    """--config of a `train` command line ('' when none: the defaults are the shipped recipe), read before
-    the whole line is parsed (as timm does), so that the recipe's values become the defaults that
-    the rest of the line overrides."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default="")
-    known, _ = pre.parse_known_args(argv)
-    return known.config if argv[:1] == ["train"] else ""
-
-
 COMMANDS = {"train": engine.fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line with train's --config recipe as its defaults; a bad recipe is a RecipeError."""
-    config = config_path(argv)
-    defaults = recipe_defaults(config, add_train_options(argparse.ArgumentParser(exit_on_error=False))) if config else {}
-    return get_args_parser(defaults).parse_args(argv)
+    return get_args_parser(recipe_of(argv[1:]) if argv[:1] == ["train"] else {}).parse_args(argv)
 
 
 def main(argv=None) -> None:

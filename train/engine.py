@@ -24,7 +24,7 @@ from mobile_model import build_model, count_parameters, get_config, inference_pa
 from train.checkpoint import CheckpointError, load_weights, safe_load, save_weights
 from train.common import (accuracy, exclusive, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
                           set_threads)
-from train.bank import bank_for_run
+from train.teacher_bank import bank_for_run
 from train.data import DataError, augment_batch, iterate_batches, load_splits, mix_batch, render_views, storage_size
 from train.distributed import Processes, gather, main_rank_first, setup, sum_over_ranks
 from train.plots import plot_confusion, plot_curves
@@ -113,7 +113,7 @@ def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_s
     """One pass over the train split. `model` may be DDP-wrapped; `gens` = (data order generator,
     the same on every rank; augmentation generator, this rank's own); batches go to the model in
     `memory_format`, the one its weights are in. The soft targets come from `teachers` run on each
-    batch, or from a `bank` (train/bank.py): each photo then shows one of its recorded views."""
+    batch, or from a `bank` (train/teacher_bank.py): each photo then shows one of its recorded views."""
     order_gen, aug_gen = gens
     model.train()
     device = next(model.parameters()).device

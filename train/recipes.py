@@ -21,7 +21,7 @@ from train.data import DEFAULT_DATA, FRAMINGS
 
 # the shipped model's teachers, the default --teacher: the four `large` trained from scratch
 # (recipes/large.toml seeds 0, 1, 2 and recipes/teacher-large128.toml), read from a bank of
-# SHIPPED_TEACHER_VIEWS recorded views of every photo (train/bank.py)
+# SHIPPED_TEACHER_VIEWS recorded views of every photo (train/teacher_bank.py)
 SHIPPED_TEACHER = ("weights/teacher_large.pkl", "weights/teacher_large_s1.pkl", "weights/teacher_large_s2.pkl",
                    "weights/teacher_large128.pkl")
 SHIPPED_TEACHER_VIEWS = 32
@@ -153,7 +153,7 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                                  "mirror image: half the teacher's cost (default: off)")
     t.add_argument("--teacher-views", type=at_least(0), default=SHIPPED_TEACHER_VIEWS,
                    help="read the teachers' outputs from a bank of this many recorded views of every photo, built "
-                        "once in --cache-dir and shared by every run of the same teachers (train/bank.py); 0: run the "
+                        "once in --cache-dir and shared by every run of the same teachers (train/teacher_bank.py); 0: run the "
                         "teachers on every batch (default: %(default)s)")
     t.add_argument("--distill-weight", type=fraction, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
     t.add_argument("--distill-temperature", type=real(0.05, 100), default=2.0, help="softmax temperature for distillation (default: %(default)s)")
@@ -177,6 +177,24 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                         "(its files are replaced; default: refuse)")
     t.add_argument("--stop-after", type=at_least(0), default=0, help="stop after this epoch (to test --resume; default: run all)")
     return t
+
+
+def recipe_of(argv: list[str]) -> dict:
+    """The values of the recipe that a `train` command line's --config names ({} for none: the
+    defaults are the shipped recipe), read before the whole line is parsed (as timm does), so that
+    they become the defaults the rest of the line overrides."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default="")
+    config = pre.parse_known_args(argv)[0].config
+    return recipe_defaults(config, add_train_options(argparse.ArgumentParser(exit_on_error=False))) if config else {}
+
+
+def parse_train_args(argv: list[str]) -> argparse.Namespace:
+    """`train`'s options with --config's recipe as their defaults, for the library's commands that
+    run a recipe's parts (the bank, the benchmark's training layouts)."""
+    parser = add_train_options(argparse.ArgumentParser(description="the options of `python -m train.dog_emotion train`"))
+    parser.set_defaults(**recipe_of(argv))
+    return parser.parse_args(argv)
 
 
 def recipe_record(config: str) -> dict:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoint import load_weights
 from train.common import ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, command_errors, markdown_table
-from train.data import DEFAULT_DATA, DataError, check_data_root, load_for_model
+from train.data import DEFAULT_DATA, DataError, check_data_root
 from train.runlog import mean_sd, read_log
-from train.scoring import evaluate
+from train.scoring import test_accuracy
 
 TEACHER_RUNS = {   # the four `large` whose bank the shipped recipe distils from (train.recipes.SHIPPED_TEACHER)
     "large-s0": ["--config", "recipes/large.toml", "--seed", "0"],
@@ -71,7 +70,7 @@ SMOKE_EXPORT = ["--formats", "onnx_fp32", "onnx_app"]
 
 
 def has_bank(cache: Path) -> bool:
-    """The bank step records the teachers' bank in the chain's cache folder (train/bank.py names it
+    """The bank step records the teachers' bank in the chain's cache folder (train/teacher_bank.py names it
     by a hash of what decides it); the chain holds one bank."""
     return any(cache.glob("bank-*.pt"))
 
@@ -166,11 +165,6 @@ def run_chain(chain: list[Step], out: Path, jobs: int) -> None:
     if failed:
         tail = (out / "logs" / f"{failed[0]}.log").read_text(errors="replace").strip().splitlines()[-15:]
         raise DataError(f"step {failed[0]} failed; its log, {out / 'logs' / (failed[0] + '.log')}, ends:\n" + "\n".join(tail))
-
-
-def test_accuracy(weights: Path, data: Path) -> float:
-    model, ckpt = load_weights(weights)
-    return evaluate(model, load_for_model(data / "test", ckpt["classes"], model.config))["acc"]
 
 
 def compare(out: Path, data: Path) -> str:

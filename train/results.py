@@ -20,6 +20,7 @@ from train.common import REPO_ROOT, RUN_LOG, command_errors, markdown_table, sav
 from train.data import DataError
 from train.plots import plot_frontier
 from train.runlog import append_log, log_row, mean_sd, read_log
+from train.scoring import test_accuracy
 
 RESULTS = REPO_ROOT / "docs" / "results.md"
 RUNS_PAGE = REPO_ROOT / "docs" / "runs.md"
@@ -106,12 +107,6 @@ def render(log: Path = RUN_LOG, page: Path = RESULTS, figure: Path = FRONTIER, r
               f"each row there also keeps the run's recipe values, options and note.\n\n{run_table(rows)}", runs_page)
     plot_frontier(frontier_points(rows), figure)
     print(f"rendered {len(rows)} runs of {log} into {page}, {runs_page} and {figure}")
-
-
-def test_accuracy(weights: Path, data: str) -> float:
-    from train import dog_emotion   # the evaluate command itself: the same numbers `make evaluate` prints
-    return dog_emotion.cmd_evaluate(dog_emotion.parse_args(
-        ["evaluate", "--data", data, "--split", "test", "--weights", str(weights)]))["accuracy"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ matrix, and an ensemble's logits. Nothing here trains."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,15 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def test_accuracy(weights, data) -> float:
+    """Accuracy of a weights file on the test split of a split root, framed as the model frames
+    photos: the number `make evaluate` prints."""
+    from train.checkpoint import load_weights
+    from train.data import load_for_model
+    model, ckpt = load_weights(weights)
+    return evaluate(model, load_for_model(Path(data) / "test", ckpt["classes"], model.config))["acc"]
 
 
 def evaluate(model, split, label_smoothing: float = 0.0) -> dict:
