@@ -30,7 +30,9 @@ RECIPE_ARGS = $(if $(RECIPE),--config $(RECIPE)) $(if $(SEED),--seed $(SEED))
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: DATA=<split root> (default $(DATA)), RECIPE=<.toml> (default: none, the shipped recipe), SEED=<n>, WEIGHTS=<.pkl>, NPROC=<processes> (train-ddp), ARGS='<extra CLI options>'"
+	@echo "  variables: DATA=<split root> (default $(DATA)), RECIPE=<.toml> (default: none, the shipped recipe), SEED=<n>, WEIGHTS=<.pkl>,"
+	@echo "    FILES=<photos> (predict), FORMATS='<rows>' (export: python -m export.formats lists them), RAW=<download> OUT=<folder> SPLIT='<options>' (prepare-data),"
+	@echo "    SIBLING=<.pkl> (temperature), NPROC=<processes> (train-ddp), HOST= PORT= (demo), ARGS='<extra CLI options>'"
 
 $(STAMP): requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -107,7 +109,7 @@ results: $(STAMP) ## docs/results.md's size and run tables and docs/frontier.png
 	$(PY) -m train.results render
 
 FILES ?=
-predict: $(STAMP) ## label and probabilities of FILES (images, folders or quoted globs); ARGS='--out dir' writes annotated copies
+predict: $(STAMP) data ## label and probabilities of FILES (images, folders or quoted globs); ARGS='--out dir' writes annotated copies
 	@test -n "$(FILES)" || { echo "usage: make predict FILES='photo.jpg [folder/ ...]' [ARGS='--out artifacts/predict --json']"; exit 2; }
 	$(PY) -m train.dog_emotion predict $(FILES) --weights $(WEIGHTS) $(ARGS)
 
@@ -124,8 +126,9 @@ prepare-data: $(STAMP) ## RAW=<Kaggle download> -> deduplicated, split copy in O
 profile: $(STAMP) ## parameters and MACs per layer of WEIGHTS (thop + FlopCounterMode) -> artifacts/profile/
 	$(PY) -m export.profile --weights $(WEIGHTS) $(ARGS)
 
-export: $(STAMP) data ## TorchScript, ONNX, .ort, INT8 ONNX, .pte and .tflite (FP32, INT8; .tflite after make venv-litert) of WEIGHTS, each verified, with parity and model card, as one set -> artifacts/export/
-	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA) $(ARGS)
+FORMATS ?=
+export: $(STAMP) data ## TorchScript, ONNX, .ort, INT8 ONNX, .pte and .tflite (FP32, INT8; .tflite after make venv-litert) of WEIGHTS, each verified, with parity and model card, as one set -> artifacts/export/; FORMATS='tflite_app' writes only those rows
+	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA) $(if $(FORMATS),--formats $(FORMATS)) $(ARGS)
 
 model-card: $(STAMP) ## copy artifacts/export/MODEL_CARD.md to the project's MODEL_CARD.md (refused unless that export is of weights/dog_emotion.pkl)
 	$(PY) -m export.model_card

@@ -65,6 +65,23 @@ def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
     assert (img == 255).mean() < 0.01   # the clipping bug made 99.7% of it white
 
 
+def test_a_pil_image_goes_through_the_same_door_as_its_file(tmp_path):
+    """Classifier.predict of a PIL image and of the file it was saved as: the same rules (alpha
+    composited on white, 16-bit scaled, sizes refused) and the same probabilities."""
+    from train.classifier import Classifier
+    from train.common import SHIPPED_WEIGHTS
+    classifier = Classifier(SHIPPED_WEIGHTS)
+    rgba = np.dstack([np.asarray(make_image(4, size=(160, 120))), np.tile(np.linspace(0, 255, 160, dtype=np.uint8), (120, 1))])
+    deep = (np.arange(120 * 160, dtype=np.uint32).reshape(120, 160) * 3).astype(np.uint16)
+    for name, img in (("rgba.png", Image.fromarray(rgba, "RGBA")), ("deep.png", Image.fromarray(deep))):
+        img.save(tmp_path / name)
+        from_file, from_image = classifier.predict(tmp_path / name)[0], classifier.predict(Image.open(tmp_path / name))[0]
+        assert from_image["probabilities"] == from_file["probabilities"], name
+    for size, reason in (((1, 1), "too small"), ((0, 0), "too small"), ((100_000, 40), "more than 10:1")):
+        row = classifier.predict(Image.new("RGB", size))[0]
+        assert reason in row["error"] and "label" not in row, size
+
+
 def test_formats_pil_cannot_read_are_named(tmp_path):
     (tmp_path / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100)
     with pytest.raises(BadImage, match="photo.heic: a HEIC file, which PIL cannot decode"):

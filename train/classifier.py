@@ -23,7 +23,7 @@ from PIL import Image
 
 from export.app_form import app_batches
 from train.checkpoint import load_weights
-from train.data import BadImage, DataError, expand_inputs, frame_image, load_rgb, preprocess, storage_size
+from train.data import BadImage, DataError, expand_inputs, frame_image, image_rgb, load_rgb, preprocess, storage_size
 
 
 def app_input(img: Image.Image, input_size: int, framing: str = "crop") -> torch.Tensor:
@@ -58,8 +58,10 @@ class Classifier:
         self.path = path
 
     def label(self, img: Image.Image, name: str = "") -> dict:
-        """Label and probabilities of one RGB PIL image."""
-        logits = self._logits(self._input(img.convert("RGB"), self.input_size, self.framing))[0].astype(np.float64)
+        """Label and probabilities of one PIL image, taken by the rules a file is (train.data.image_rgb:
+        transparency composited, 16-bit scaled, sizes refused alike): a BadImage otherwise."""
+        img = image_rgb(img, name or "<image>")
+        logits = self._logits(self._input(img, self.input_size, self.framing))[0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         return {"file": name, "label": self.classes[int(probs.argmax())],
@@ -72,7 +74,11 @@ class Classifier:
         rows = []
         for item in items:
             if isinstance(item, Image.Image):
-                rows.append(self.label(item, getattr(item, "filename", "") or "<image>"))
+                name = getattr(item, "filename", "") or "<image>"
+                try:
+                    rows.append(self.label(item, name))
+                except BadImage as e:
+                    rows.append({"file": name, "error": str(e)})
                 continue
             paths = expand_inputs([str(item)])
             if not paths:

@@ -167,25 +167,45 @@ def _decode(path: Path, min_side: int) -> Image.Image:
             scale = min_side / min(w, h)
             if scale < 1:
                 im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
-        w, h = im.size
-        if max(w, h) > MAX_ASPECT * min(w, h):
-            # read from the header, before decoding: a photo is never this thin, and resizing its short
-            # side up to the model's input would cost memory without bound
-            raise BadImage(f"{w}x{h} px is more than {MAX_ASPECT}:1, not a photo to classify")
-        limit = max_decoded_pixels()
-        if w * h > limit:
-            raise BadImage(f"{w}x{h} px is {w * h / 1e6:.0f} MP to decode, over the limit of {limit / 1e6:.0f} MP "
-                           f"(DOG_EMOTION_MAX_PIXELS)")
+        check_size(*im.size)   # from the header, before decoding
         im.load()
         # phone photos: upright as the camera meant them (in place: a 50 MP image is not copied twice)
         ImageOps.exif_transpose(im, in_place=True)
-        im = _to_8bit(im)
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-            return img
-        return im if im.mode == "RGB" else im.convert("RGB")
+        return to_rgb(im)
+
+
+def check_size(w: int, h: int) -> None:
+    """Refuse what is not a photo to classify: too thin (resizing its short side up to the model's
+    input would cost memory without bound), too many pixels, or too small to hold anything."""
+    if min(w, h) < MIN_SIDE:
+        raise BadImage(f"too small ({w}x{h} px, need >= {MIN_SIDE})")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise BadImage(f"{w}x{h} px is more than {MAX_ASPECT}:1, not a photo to classify")
+    limit = max_decoded_pixels()
+    if w * h > limit:
+        raise BadImage(f"{w}x{h} px is {w * h / 1e6:.0f} MP to decode, over the limit of {limit / 1e6:.0f} MP "
+                       f"(DOG_EMOTION_MAX_PIXELS)")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB of a decoded image: 16-bit scaled (never clipped), transparency composited on white."""
+    im = _to_8bit(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+        return img
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def image_rgb(img: Image.Image, name: str = "<image>") -> Image.Image:
+    """A PIL image handed over in memory, through the same rules as a file (load_rgb): size limits,
+    EXIF orientation, 16-bit scaled, transparency composited; a BadImage naming it otherwise."""
+    try:
+        check_size(*img.size)
+        return to_rgb(ImageOps.exif_transpose(img))
+    except BadImage as e:
+        raise BadImage(f"{name}: {e}") from None
 
 
 def load_rgb(path: str | Path, min_side: int = 0) -> Image.Image:
@@ -212,8 +232,6 @@ def load_rgb(path: str | Path, min_side: int = 0) -> Image.Image:
         raise BadImage(f"{path}: corrupt or truncated image ({e})") from None
     except Exception as e:  # noqa: BLE001 - a decoder bug on a hostile file must not end a run
         raise BadImage(f"{path}: cannot be decoded ({type(e).__name__}: {e})") from None
-    if min(img.size) < MIN_SIDE:
-        raise BadImage(f"{path}: too small ({img.size[0]}x{img.size[1]} px, need >= {MIN_SIDE})")
     return img
 
 
