@@ -1,5 +1,8 @@
-"""The shipped model's parameter count as README states it, and a regression guard on its accuracy."""
+"""The shipped model's parameter count as README states it, a regression guard on its accuracy, and
+README's quick start run word for word on a fresh clone."""
+import os
 import re
+import subprocess
 
 import pytest
 import torch
@@ -62,3 +65,25 @@ def test_shipped_weights_reproduce_readme_test_accuracy(real_data, capsys):
         ["evaluate", "--data", str(real_data), "--split", "test"]))
     assert result["n"] == 400 and result["skipped"] == 0
     assert abs(result["accuracy"] - stated) <= 1.0, f"measured {result['accuracy']}%, README says {stated}%"
+
+
+@pytest.mark.slow
+def test_the_quick_start_runs_as_written_on_a_fresh_clone_and_prints_readmes_output(tmp_path):
+    """A newcomer's first command: README's quick start, in a clone of this repository with
+    ../shared beside it, prints README's output line. The clone shares this checkout's .venv (its
+    requirements dated back so that make sees it current): building one is `make venv`'s test."""
+    shared = REPO_ROOT.parent / "shared"
+    if not (shared / "datasets" / "dog_emotion" / "test").is_dir():
+        pytest.skip(f"{shared}/datasets/dog_emotion not found: the quick start reads a photo of it")
+    command = re.search(r"## Quick start\n\n```bash\n(.*?)\n```\n\n```\n(.*?)\n```", README, re.S)
+    assert command, "README's quick start: a bash block with the command, then a block with its output"
+    line, output = command.group(1).split("#")[0].strip(), command.group(2).strip()
+    clone = tmp_path / "work" / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True)
+    (tmp_path / "work" / "shared").symlink_to(shared)
+    (clone / ".venv").symlink_to(REPO_ROOT / ".venv")
+    for name in ("requirements.txt", "requirements.lock"):
+        os.utime(clone / name, (0, 0))
+    done = subprocess.run(["bash", "-c", line], cwd=clone, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert output in done.stdout, (output, done.stdout[-2000:])
