@@ -142,53 +142,30 @@ class ImageReader(CalibrationDataReader):
         self.it = iter(self.batches)
 
 
-# INT8 settings measured side by side: (activation, weight) types, per-channel weights, 7-bit
-# weights (reduce_range), and how activation ranges are calibrated. On x86 CPUs without VNNI,
-# onnxruntime's u8 x s8 kernels sum pairs of products in 16 bits and can saturate, so a U8S8/S8S8
-# model reads differently on CPUs with and without VNNI; U8U8, and U8S8 with 7-bit weights, cannot
-# saturate. Only those are eligible to be kept, so the same weights give the same INT8 file and
-# accuracy on every x86 CPU; they are also calibrated by percentile (99.999% of the values, which
-# ignores a few outliers). Entropy calibration is not listed: in onnxruntime 1.30 it wrote files
-# byte-identical to MinMax's for the shipped model (docs/deployment.md).
+# INT8 ONNX: one setting, the one a search over twelve kept for the shipped model (U8/S8
+# activations, S8/U8 weights, per-tensor or per-channel, 7-bit weights, MinMax or percentile ranges;
+# its table is in git history, docs/deployment.md): U8 activations, S8 per-channel weights in 7 bits,
+# MinMax ranges. 7-bit weights cannot saturate the 16-bit pair sums of onnxruntime's u8 x s8 kernels on
+# CPUs without VNNI, so the file reads the same on every x86 CPU; percentile ranges cost 12 GB of
+# memory and were never kept.
 class QuantSetting(NamedTuple):
     name: str
     activation: QuantType
     weight: QuantType
     per_channel: bool
     reduce_range: bool
-    vnni_independent: bool
-    calibration: CalibrationMethod = CalibrationMethod.MinMax
 
 
-U8, S8, PERCENTILE = QuantType.QUInt8, QuantType.QInt8, CalibrationMethod.Percentile
-QUANT_SETTINGS = [
-    QuantSetting("U8S8 per-tensor", U8, S8, False, False, False),
-    QuantSetting("U8S8 per-channel", U8, S8, True, False, False),
-    QuantSetting("S8S8 per-tensor", S8, S8, False, False, False),
-    QuantSetting("S8S8 per-channel", S8, S8, True, False, False),
-    QuantSetting("U8S8 per-tensor, 7-bit weights", U8, S8, False, True, True),
-    QuantSetting("U8S8 per-channel, 7-bit weights", U8, S8, True, True, True),
-    QuantSetting("U8U8 per-tensor", U8, U8, False, False, True),
-    QuantSetting("U8U8 per-channel", U8, U8, True, False, True),
-    QuantSetting("U8S8 per-tensor, 7-bit weights, percentile", U8, S8, False, True, True, PERCENTILE),
-    QuantSetting("U8S8 per-channel, 7-bit weights, percentile", U8, S8, True, True, True, PERCENTILE),
-    QuantSetting("U8U8 per-tensor, percentile", U8, U8, False, False, True, PERCENTILE),
-    QuantSetting("U8U8 per-channel, percentile", U8, U8, True, False, True, PERCENTILE),
-]
+ONNX_INT8 = QuantSetting("U8S8 per-channel, 7-bit weights, MinMax", QuantType.QUInt8, QuantType.QInt8, True, True)
 
 
-def setting_columns(setting: QuantSetting) -> dict:
-    """An INT8 ONNX file's setting, as its parity row names it."""
-    return {"int8 setting": setting.name, "same on every x86": "yes" if setting.vnni_independent else "no"}
-
-
-def quantize_int8(prepared: Path, tmp: Path, reader: ImageReader, setting: QuantSetting, meta: dict) -> None:
+def quantize_int8(prepared: Path, tmp: Path, reader: ImageReader, meta: dict, setting: QuantSetting = ONNX_INT8) -> None:
     """`prepared`: the FP32 file after quant_pre_process, made once for all settings."""
     reader.rewind()
     quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
                     per_channel=setting.per_channel, reduce_range=setting.reduce_range,
                     activation_type=setting.activation, weight_type=setting.weight,
-                    calibrate_method=setting.calibration)
+                    calibrate_method=CalibrationMethod.MinMax)
     set_metadata(tmp, meta)
 
 
@@ -367,35 +344,13 @@ def client_check(job: ExportJob, fmt: str, path: Path) -> dict:
     return r
 
 
-def search_onnx_int8(job: ExportJob, fmt: str) -> list[dict]:
-    """Every INT8 setting measured; of the VNNI-independent ones, the one most faithful to FP32 on
-    val is the candidate (the most val images with FP32's label, then the smallest mean logit
-    difference; never chosen on test: val accuracy above FP32's own is noise, not skill), and it is
-    kept if it passes the INT8 rule."""
-    rows = []
-    prepared, reader = job.temp("int8-prepared.onnx"), ImageReader(job.calib, job.size, fmt, job.record(fmt)["input_name"])
-    quant_pre_process(str(job.out / FORMATS["onnx_fp32"].file), str(prepared), skip_symbolic_shape=True)
-    for setting in QUANT_SETTINGS:
-        tmp = job.temp(FORMATS["onnx_int8"].file)
-        quantize_int8(prepared, tmp, reader, setting, job.record(fmt))
-        r = {**job.check("onnx_int8", tmp), **setting_columns(setting), **job.val_fidelity("onnx_int8", tmp), "kept": "no"}
-        rows.append((r, tmp, setting))
-        print(f"int8 {setting.name}: val agreement {r['val agreement (%)']}% (accuracy {r['val accuracy (%)']}%), "
-              f"test accuracy {r['accuracy (%)']}%, agreement {r['top-1 agreement (%)']}%")
-    best, best_tmp, job.notes["onnx_int8_setting"] = max((c for c in rows if c[2].vnni_independent),
-                                                         key=lambda c: int8_fidelity(c[0]))
-    keep(job, fmt, best_tmp, best)
-    return [r for r, _, _ in rows]
-
-
-def write_onnx_app_int8(job: ExportJob, tmp: Path) -> dict:
-    """The app form quantized with the setting the INT8 ONNX search chose (searched once, on the
-    float-input file), calibrated on the same images as uint8 crops."""
-    setting, meta = job.notes["onnx_int8_setting"], job.record("onnx_app_int8")
-    prepared = job.temp("int8-app-prepared.onnx")
-    quant_pre_process(str(job.out / FORMATS["onnx_app"].file), str(prepared), skip_symbolic_shape=True)
-    quantize_int8(prepared, tmp, ImageReader(job.calib, job.size, "onnx_app_int8", meta["input_name"]), setting, meta)
-    return setting_columns(setting)
+def write_onnx_int8(job: ExportJob, tmp: Path, fmt: str) -> dict:
+    """INT8 ONNX of the model or of its app form (ONNX_INT8), from its FP32 file, calibrated on the
+    training images as that file takes them."""
+    prepared, meta = job.temp(f"{fmt}-prepared.onnx"), job.record(fmt)
+    quant_pre_process(str(job.out / FORMATS[FORMATS[fmt].needs[0]].file), str(prepared), skip_symbolic_shape=True)
+    quantize_int8(prepared, tmp, ImageReader(job.calib, job.size, fmt, meta["input_name"]), meta)
+    return {"int8 setting": ONNX_INT8.name}
 
 
 def one_file(write, columns: dict | None = None):
@@ -417,8 +372,8 @@ WRITERS = {
     "ort_fp32": one_file(lambda job, tmp, fmt: convert_to_ort(job.out / FORMATS["onnx_fp32"].file, tmp)),
     "onnx_app": one_file(lambda job, tmp, fmt: write_onnx_app(job, tmp)),
     "ort_app": one_file(lambda job, tmp, fmt: convert_to_ort(job.out / FORMATS["onnx_app"].file, tmp)),
-    "onnx_int8": search_onnx_int8,
-    "onnx_app_int8": one_file(lambda job, tmp, fmt: write_onnx_app_int8(job, tmp)),
+    "onnx_int8": one_file(write_onnx_int8),
+    "onnx_app_int8": one_file(write_onnx_int8),
     "pte_fp32": one_file(write_pte),
     "pte_app": one_file(write_pte),
     "pte_int8": one_file(write_pte, PTE_INT8),
@@ -526,15 +481,14 @@ def swap_in(staging: Path, out: Path) -> None:
 def write_reports(job: ExportJob, rows: list[dict], info: dict, weights: str) -> None:
     """parity.json, parity.md and the model card of the exported model, into the set."""
     cols = ["format", "file", "size (kB)", "max abs logit diff", "top-1 agreement (%)", "accuracy (%)",
-            "int8 setting", "same on every x86", "val agreement (%)", "val accuracy (%)", "kept"]
+            "int8 setting", "val agreement (%)", "val accuracy (%)", "kept", "MediaPipe accuracy (%)", "MediaPipe names the classes"]
     save_json({"rows": rows, **info}, job.out / "parity.json")
     flip = "in the graph" if info["flip_average"] else "OFF (--no-flip-average: not in any exported file)"
     save_text(f"# Export parity on the test split ({info['test_images']} images)\n\nMirror-image averaging: {flip}. "
               f"CPU: {info['cpu']}. ONNX opset "
               f"{OPSET}, dynamo exporter, dynamic batch axis. INT8: onnxruntime static quantization, QDQ, "
-              f"{info['calibration_images']} calibration images from train; kept: {info['int8_kept']} (of the settings "
-              f"that give the same result with and without VNNI, the one whose labels agree with FP32's on the most val "
-              f"images). LiteRT .tflite: {info['tflite']}. App forms (*_app: uint8 crop in, probabilities out): "
+              f"{info['calibration_images']} calibration images from train, {ONNX_INT8.name} (the same on every x86 CPU); "
+              f"kept: {info['int8_kept']}. LiteRT .tflite: {info['tflite']}. App forms (*_app: uint8 image in, probabilities out): "
               f"their max abs diff is in probability, against eager's softmax.\n\n{markdown_table(rows, cols)}",
               job.out / "parity.md")
     _, ckpt = load_weights(weights)
@@ -565,7 +519,7 @@ def export_all(job: ExportJob, formats: list[str]) -> tuple[list[dict], dict]:
     return rows, {"formats": formats, "torchscript_warnings": job.notes.get("torchscript", []), "opset": OPSET,
                   "cpu": cpu_description(),
                   "int8_drop_points": round(fp32["accuracy (%)"] - kept["accuracy (%)"], 2) if kept else None,
-                  "int8_kept": kept["int8 setting"] if kept else ("none (no setting passed the INT8 rule)"
+                  "int8_kept": kept["int8 setting"] if kept else ("no: it failed the INT8 rule"
                                                                   if "onnx_int8" in formats else not_asked),
                   "pte_ops_outside_xnnpack": {f: job.notes[f] for f in formats if FORMATS[f].runtime == "executorch"},
                   "calibration_images": len(job.calib), "flip_average": job.model.config.flip_average,

@@ -44,7 +44,7 @@ FORMAT_TABLE = (
     Format("onnx_int8", "dog_emotion.int8.onnx", INT8, "onnxruntime", "onnxruntime where size matters most (INT8)", optional=True,
            needs=("onnx_fp32",)),
     Format("onnx_app_int8", "dog_emotion.app.int8.onnx", INT8, "onnxruntime", "the app form where size matters most, "
-           "the browser demo's INT8 choice", optional=True, web=True, app=True, needs=("onnx_app", "onnx_int8")),
+           "the browser demo's INT8 choice", optional=True, web=True, app=True, needs=("onnx_app",)),
     Format("pte_fp32", "dog_emotion.pte", FP32, "executorch", "the ExecuTorch runtime (XNNPACK) in an Android or iOS app"),
     Format("pte_app", "dog_emotion.app.pte", FP32, "executorch", "the app form for ExecuTorch", app=True),
     Format("pte_int8", "dog_emotion.int8.pte", INT8, "executorch", "ExecuTorch (XNNPACK) where size matters most (INT8)", optional=True),

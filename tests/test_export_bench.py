@@ -147,21 +147,13 @@ def test_onnx_initializers_hold_exactly_the_shipped_parameter_count(exported):
 @pytest.mark.slow
 def test_int8_runs_and_agrees_with_fp32(exported):
     out, rows, info = exported
-    int8 = [r for r in rows if r["format"] == "onnx_int8"]
-    kept = [r for r in int8 if r["kept"] == "yes"]
-    assert len(kept) == 1 and kept[0]["top-1 agreement (%)"] >= 95
-    # kept: the most faithful to FP32 on val (label agreement, then mean logit difference) among
-    # the settings whose int8 kernels cannot saturate without VNNI
-    eligible = [r for r in int8 if r["same on every x86"] == "yes"]
-    top = max(r["val agreement (%)"] for r in eligible)
-    assert kept[0] in eligible and kept[0]["val agreement (%)"] == top
-    assert kept[0]["val mean abs logit diff"] == min(r["val mean abs logit diff"] for r in eligible
-                                                     if r["val agreement (%)"] == top)
-    assert any(r["int8 setting"].endswith("percentile") for r in eligible)
-    assert len(int8) == len(exporter.QUANT_SETTINGS) and "VNNI" in info["cpu"]
-    # the other INT8 files, by the task's rule: written (and kept) only if within 1 point of FP32's
+    # one setting, the same on every x86 CPU (7-bit weights cannot saturate without VNNI)
+    (int8,) = [r for r in rows if r["format"] == "onnx_int8"]
+    assert int8["int8 setting"] == exporter.ONNX_INT8.name and exporter.ONNX_INT8.reduce_range
+    assert info["int8_kept"] == (exporter.ONNX_INT8.name if int8["kept"] == "yes" else "no: it failed the INT8 rule")
+    # every INT8 file, by the task's rule: written (and kept) only if within 1 point of FP32's
     # accuracy with FP32's label on >= 95% of test
-    pairs = [("pte_int8", "pte_fp32"), ("onnx_app_int8", "onnx_app"), ("pte_app_int8", "pte_app")]
+    pairs = [("onnx_int8", "onnx_fp32"), ("pte_int8", "pte_fp32"), ("onnx_app_int8", "onnx_app"), ("pte_app_int8", "pte_app")]
     pairs += [("tflite_int8", "tflite_fp32"), ("tflite_app_int8", "tflite_app")] if litert_installed() else []
     for int8_fmt, fp32_fmt in pairs:
         int8_row = next(r for r in rows if r["format"] == int8_fmt)
