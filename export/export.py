@@ -198,6 +198,7 @@ class ExportJob:
     calibration: dict = field(default_factory=dict)   # the temperature and what it did on test
     temps: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)          # what the writers report: warnings, ops outside XNNPACK
+    formats: list = field(default_factory=list)        # the rows this export writes (export_all)
 
     @property
     def size(self) -> int:
@@ -289,14 +290,19 @@ def write_pte(job: ExportJob, tmp: Path, fmt: str) -> None:
 
 
 def litert_candidates(job: ExportJob) -> Path:
-    """Every .tflite candidate (export/litert_export.py), made by one call in the converter's
-    environment the first time a LiteRT row asks; its (long) log is shown only when it fails."""
+    """The .tflite candidates of the LiteRT rows the export was asked for (export/litert_export.py),
+    made by one call in the converter's environment the first time a LiteRT row asks (its start is
+    paid once); its (long) log is shown only when it fails."""
     if "litert" not in job.notes:
+        asked = [FORMATS[f] for f in job.formats if FORMATS[f].runtime == "litert"]
+        forms = sorted({"app" if f.app else "model" for f in asked}, reverse=True)
+        int8 = ["--int8"] if any(f.precision == INT8 for f in asked) else []
         work, weights, calib = job.temp("litert", folder=True), job.temp("litert-input.pkl"), job.temp("litert-calibration.pt")
         save_weights(job.model, job.meta["classes"], weights)   # the model as this export has it (temperature folded in)
         save_torch(job.calib, calib)                            # the INT8 ONNX file's calibration images
         done = subprocess.run([str(LITERT_PYTHON), "-m", "export.litert_export", "--weights", str(weights),
-                               "--calib", str(calib), "--out-dir", str(work)], cwd=REPO_ROOT, capture_output=True, text=True)
+                               "--calib", str(calib), "--out-dir", str(work), "--forms", *forms, *int8],
+                              cwd=REPO_ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise ExportError(f"LiteRT conversion failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
         job.notes["litert"] = work
@@ -498,7 +504,7 @@ def write_reports(job: ExportJob, rows: list[dict], info: dict, weights: str) ->
 
 def export_all(job: ExportJob, formats: list[str]) -> tuple[list[dict], dict]:
     """The rows of `formats` (with_needs order), each written by its writer."""
-    out = job.out
+    out, job.formats = job.out, formats
     rows = [parity_row("eager", None, job.eager, job.eager, job.test.labels.numpy())]
     asked_litert = any(FORMATS[f].environment == LITERT_ENV for f in formats)
     litert = LITERT_PYTHON.is_file() and asked_litert

@@ -10,7 +10,7 @@ the file it writes comes back to the export, which checks it in ai-edge-litert's
 One call makes every candidate file (the float model and its app form, and each one's INT8 file
 with both ways of taking ranges), so the environment's start (~10 s of imports) is paid once:
 
-    .venv-litert/bin/python -m export.litert_export --weights W.pkl --calib images.pt --out-dir DIR
+    .venv-litert/bin/python -m export.litert_export --weights W.pkl --calib images.pt --out-dir DIR [--forms app] [--int8]
 
 FP32: litert_torch.convert of the inference model, flip averaging included, at a fixed batch of
 1 (litert-torch 0.10 cannot trace this graph with a dynamic batch; a phone classifies one photo
@@ -59,11 +59,12 @@ def candidate_name(app: bool, ranges: str | None = None) -> str:
     return ("app" if app else "model") + (f".int8-{ranges}" if ranges else "") + ".tflite"
 
 
-def convert_all(weights: str, calib: Path, out_dir: Path) -> None:
-    for app in (False, True):
+def convert_all(weights: str, calib: Path, out_dir: Path, forms: list[str], int8: bool) -> None:
+    """The FP32 file of each form asked for ("model", "app") and, with int8, its INT8 candidates."""
+    for app in (form == "app" for form in forms):
         fp32 = out_dir / candidate_name(app)
         convert_fp32(weights, fp32, app)
-        for ranges in RANGES:
+        for ranges in RANGES if int8 else ():
             quantize_int8(fp32, calib, out_dir / candidate_name(app, ranges), ranges, app)
 
 
@@ -122,8 +123,11 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", required=True, help="weights .pkl (the export's, temperature folded in)")
     ap.add_argument("--calib", required=True, help="INT8 calibration images: a uint8 tensor saved with torch.save")
     ap.add_argument("--out-dir", required=True, help="an existing folder for the candidate files (candidate_name)")
+    ap.add_argument("--forms", nargs="+", choices=("model", "app"), default=["model", "app"],
+                    help="the model (NCHW float in) and/or its app form (default: both)")
+    ap.add_argument("--int8", action="store_true", help="also the INT8 candidates of each form (default: FP32 only)")
     args = ap.parse_args(argv)
-    convert_all(args.weights, Path(args.calib), Path(args.out_dir))
+    convert_all(args.weights, Path(args.calib), Path(args.out_dir), args.forms, args.int8)
 
 
 if __name__ == "__main__":
