@@ -110,6 +110,12 @@ def recipe_defaults(path: str | Path, options_parser: argparse.ArgumentParser) -
 
 # ---------------------------------------------------------------- the options a recipe can set
 
+# Bounds on the options that scale work: past them a run is a typo, not a plan (10,000 epochs of
+# the shipped recipe is three months on two cores; 1,024 views a photo is a bank of ~12 h, 0.4 GB)
+MAX_EPOCHS = 10_000
+MAX_TEACHER_VIEWS = 1024
+
+
 def input_size(text: str) -> int:
     """argparse type of --input-size: 0 (the config's own) or 32..1024 px."""
     value = int(text)
@@ -135,7 +141,7 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "instead of a random init: fine-tuning (default: none)")
     t.add_argument("--branches", type=at_least(0, 8), default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
-    t.add_argument("--epochs", type=at_least(1), default=300, help="training epochs (default: %(default)s)")
+    t.add_argument("--epochs", type=at_least(1, MAX_EPOCHS), default=300, help="training epochs (default: %(default)s)")
     t.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH, help="batch size; halved for a data set "
                    "smaller than one batch (default: %(default)s)")
     t.add_argument("--lr", type=real(0, 10, low_open=True), default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
@@ -151,7 +157,7 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "`--teacher` alone: none (default: %(default)s; skipped with a NOTE when its classes are not the data's)")
     t.add_argument("--teacher-no-flip", action="store_true", help="teachers see the student's view only, not also its "
                                                                  "mirror image: half the teacher's cost (default: off)")
-    t.add_argument("--teacher-views", type=at_least(0), default=SHIPPED_TEACHER_VIEWS,
+    t.add_argument("--teacher-views", type=at_least(0, MAX_TEACHER_VIEWS), default=SHIPPED_TEACHER_VIEWS,
                    help="read the teachers' outputs from a bank of this many recorded views of every photo, built "
                         "once in --cache-dir and shared by every run of the same teachers (train/teacher_bank.py); 0: run the "
                         "teachers on every batch (default: %(default)s)")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from train.common import ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, command_errors, markdown_table
+from train.common import ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, at_least, command_errors, markdown_table
 from train.data import DEFAULT_DATA, DataError, check_data_root
 from train.runlog import mean_sd, read_log
 from train.scoring import test_accuracy
@@ -188,7 +188,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="split root: the shipped data, or yours (default: %(default)s)")
     ap.add_argument("--out", default=str(ARTIFACTS / "reproduce"), help="every step's output (default: %(default)s)")
-    ap.add_argument("--jobs", type=int, default=2, help="training runs side by side, one thread each (default: %(default)s)")
+    ap.add_argument("--jobs", type=at_least(1, 8), default=2, help="training runs side by side, one thread each (default: %(default)s)")
     ap.add_argument("--plan", action="store_true", help="print the plan and stop")
     ap.add_argument("--smoke", action="store_true", help="check the chain, not the model: every training run a tiny "
                                                          "model for 1 epoch, the ONNX files alone, a quick bench (about "
