@@ -229,12 +229,13 @@ def recipe_overrides(run_args: dict, recorded: dict) -> str:
 def run_values(row: dict) -> dict | None:
     """What a run of the run log trained with: its recipe's values (recipe_record, as the run saw
     them) with its command-line options (recipe_overrides) applied, e.g. the shipped runs' recipe
-    file on train only with --train-on train+val. None for a row whose options are not today's
-    train options (early rows describe how they ran in words)."""
+    file on train only with --train-on train+val. An option added since the run took its default,
+    which is the behaviour the run had. None for a row whose options are not today's train options
+    (early rows describe how they ran in words)."""
     parser = add_train_options(argparse.ArgumentParser(exit_on_error=False))
     parser.set_defaults(**row["recipe_values"])
     try:
         given, unknown = parser.parse_known_args(shlex.split(row["options"]))
     except (argparse.ArgumentError, ValueError):
         return None
-    return None if unknown else {k: getattr(given, k) for k in row["recipe_values"]}
+    return None if unknown else {k: v for k, v in result_options(vars(given)).items() if k not in ("data", "seed", "config")}
