@@ -22,9 +22,9 @@ import shutil
 import subprocess
 import tempfile
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,7 +38,7 @@ from export.profile import profile, report
 from export.calibration import CalibrationError, calibration_report, fit_temperature, fold_temperature, plot_reliability
 from export import model_card
 from export.executorch_export import export_pte
-from export.litert_export import RANGES as LITERT_RANGES, candidate_name, embed_metadata
+from export.litert_export import candidate_name, embed_metadata
 from export.mediapipe_client import CLIENT_FRAMING, classify_labelled
 from export.app_form import AppForm, app_metadata
 from export.formats import FORMAT_TABLE, FORMATS, FP32, INT8, LITERT_ENV, METADATA_SIDECAR, with_needs
@@ -178,11 +178,6 @@ def parity_row(fmt: str, path: Path | None, logits: np.ndarray, eager: np.ndarra
             "accuracy (%)": round(accuracy(logits, labels), 2)}
 
 
-def int8_fidelity(row: dict) -> tuple:
-    """How closely an INT8 file reproduces FP32 on val: the larger, the closer."""
-    return row["val agreement (%)"], -row["val mean abs logit diff"]
-
-
 # ---------------------------------------------------------------- one job, one rule, a table of formats
 
 @dataclass
@@ -192,7 +187,7 @@ class ExportJob:
     meta: dict
     out: Path
     test: DecodedSplit              # parity is measured here
-    val: DecodedSplit               # the INT8 search chooses here
+    val: DecodedSplit               # a temperature is fitted here (when the weights never trained on it)
     calib: torch.Tensor             # INT8 calibration images, from train
     eager: np.ndarray               # eager PyTorch's logits on test: the reference
     calibration: dict = field(default_factory=dict)   # the temperature and what it did on test
@@ -200,6 +195,7 @@ class ExportJob:
     notes: dict = field(default_factory=dict)          # what the writers report: warnings, ops outside XNNPACK
     formats: list = field(default_factory=list)        # the rows this export writes (export_all)
     data: Path = Path()                                # the split root: test for parity, train for calibration
+    seconds: dict = field(default_factory=dict)        # each row's time to write and check
 
     @property
     def size(self) -> int:
@@ -213,19 +209,6 @@ class ExportJob:
         """A temporary file (or folder) beside the output, removed at the end whatever happens."""
         self.temps.append(temp_path(self.out / name, folder))
         return self.temps[-1]
-
-    @cached_property
-    def eager_val(self) -> np.ndarray:
-        return batched_logits(make_runner("eager", model=self.model), self.val.images, self.size)
-
-    def val_fidelity(self, fmt: str, path: Path) -> dict:
-        """How closely a (quantized) file reproduces eager on val: what an INT8 search chooses by."""
-        logits = batched_logits(make_runner(fmt, path), self.val.images, self.size, fmt)
-        # an app form's runner gives log-probabilities: compared with eager's
-        reference = torch.log_softmax(torch.from_numpy(self.eager_val), 1).numpy() if FORMATS[fmt].app else self.eager_val
-        return {"val accuracy (%)": round(accuracy(logits, self.val.labels.numpy()), 2),
-                "val agreement (%)": round(accuracy(logits, reference.argmax(1)), 2),
-                "val mean abs logit diff": round(float(np.abs(logits - reference).mean()), 5)}
 
     def check(self, fmt: str, path: Path) -> dict:
         """The file's parity row on test. An app form gives probabilities: they are compared with
@@ -311,24 +294,13 @@ def litert_candidates(job: ExportJob) -> Path:
 
 
 def write_tflite(job: ExportJob, tmp: Path, fmt: str) -> dict | None:
-    """A .tflite of any of the four rows, its metadata record embedded. INT8: of the two ways of
-    taking activation ranges, the one more faithful to FP32 on val is the candidate, as for INT8
-    ONNX, and it is kept if it passes the rule."""
-    f, made, chosen = FORMATS[fmt], litert_candidates(job), None
-    if f.precision == FP32:
-        shutil.copy(made / candidate_name(f.app), tmp)
-    else:
-        candidates = []
-        for ranges in LITERT_RANGES:
-            path = made / candidate_name(f.app, ranges)
-            fidelity = job.val_fidelity(fmt, path)
-            candidates.append(({"int8 setting": f"ai-edge-quantizer static_wi8_ai8, {ranges} ranges", **fidelity}, path))
-            print(f"{fmt} {ranges} ranges: val agreement {fidelity['val agreement (%)']}% "
-                  f"(accuracy {fidelity['val accuracy (%)']}%)")
-        chosen, path = max(candidates, key=lambda c: int8_fidelity(c[0]))
-        shutil.copy(path, tmp)
+    """A .tflite of any of the four rows, its metadata record embedded; one an app client loads is
+    checked in that client."""
+    f = FORMATS[fmt]
+    shutil.copy(litert_candidates(job) / candidate_name(f.app, f.precision == INT8), tmp)
     embed_metadata(tmp, job.record(fmt))
-    return {**(chosen or {}), **client_check(job, fmt, tmp)} if f.client else chosen
+    columns = {"int8 setting": "ai-edge-quantizer static_wi8_ai8, moving-average ranges"} if f.precision == INT8 else {}
+    return {**columns, **client_check(job, fmt, tmp)} if f.client else columns
 
 
 def client_check(job: ExportJob, fmt: str, path: Path) -> dict:
@@ -507,7 +479,7 @@ def swap_in(staging: Path, out: Path) -> None:
 def write_reports(job: ExportJob, rows: list[dict], info: dict, weights: str) -> None:
     """parity.json, parity.md and the model card of the exported model, into the set."""
     cols = ["format", "file", "size (kB)", "max abs logit diff", "top-1 agreement (%)", "accuracy (%)",
-            "int8 setting", "val agreement (%)", "val accuracy (%)", "kept", "MediaPipe accuracy (%)", "eager framed as MediaPipe (%)", "same label as eager framed alike (%)",
+            "int8 setting", "kept", "MediaPipe accuracy (%)", "eager framed as MediaPipe (%)", "same label as eager framed alike (%)",
             "MediaPipe, centre-crop region (%)"]
     save_json({"rows": rows, **info}, job.out / "parity.json")
     flip = "in the graph" if info["flip_average"] else "OFF (--no-flip-average: not in any exported file)"
@@ -535,7 +507,10 @@ def export_all(job: ExportJob, formats: list[str]) -> tuple[list[dict], dict]:
         for name in formats:
             if FORMATS[name].environment == LITERT_ENV and not litert:
                 continue
+            start = time.perf_counter()
             rows += WRITERS[name](job, name)
+            job.seconds[name] = round(time.perf_counter() - start, 1)   # the first LiteRT row pays the converter's run
+            print(f"{name}: {job.seconds[name]} s", flush=True)
         save_json(job.meta, out / METADATA_SIDECAR)
     finally:  # whatever failed or was not kept: no temp file or folder stays behind
         for t in job.temps:
@@ -543,7 +518,7 @@ def export_all(job: ExportJob, formats: list[str]) -> tuple[list[dict], dict]:
     fp32 = next((r for r in rows if r["format"] == "onnx_fp32"), None)
     kept = next((r for r in rows if r["format"] == "onnx_int8" and r["kept"] == "yes"), None)
     not_asked = "not asked for (--formats)"
-    return rows, {"formats": formats, "torchscript_warnings": job.notes.get("torchscript", []), "opset": OPSET,
+    return rows, {"formats": formats, "seconds": job.seconds, "torchscript_warnings": job.notes.get("torchscript", []), "opset": OPSET,
                   "cpu": cpu_description(),
                   "int8_drop_points": round(fp32["accuracy (%)"] - kept["accuracy (%)"], 2) if kept else None,
                   "int8_kept": kept["int8 setting"] if kept else ("no: it failed the INT8 rule"

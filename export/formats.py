@@ -55,7 +55,8 @@ FORMAT_TABLE = (
            "the web (labels inside), or LiteRT directly (batch 1)", LITERT_ENV, optional=True, app=True, client="MediaPipe"),
     Format("tflite_int8", "dog_emotion.int8.tflite", INT8, "litert", "LiteRT's Interpreter API where size matters most: int8 "
            "in and out, scale and zero point in the file; not MediaPipe (it takes uint8 or float input)", LITERT_ENV, optional=True),
-    Format("tflite_app_int8", "dog_emotion.app.int8.tflite", INT8, "litert", "the LiteRT app form, INT8 inside", LITERT_ENV,
+    Format("tflite_app_int8", "dog_emotion.app.int8.tflite", INT8, "litert", "the LiteRT app form, INT8 inside, for LiteRT's "
+           "Interpreter API: its int8 output (scale and zero point in the file) is one MediaPipe refuses", LITERT_ENV,
            optional=True, app=True),
 )
 FORMATS = {f.name: f for f in FORMAT_TABLE}

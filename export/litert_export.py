@@ -7,19 +7,18 @@ converter, about 0.9 GB beside torch, and pins versions the project's environmen
 requirements-litert.lock), and `python -m export.export` runs this module there as a subprocess;
 the file it writes comes back to the export, which checks it in ai-edge-litert's interpreter
 (installed in the main environment, small) before it keeps it, by the rule every format passes.
-One call makes every candidate file (the float model and its app form, and each one's INT8 file
-with both ways of taking ranges), so the environment's start (~10 s of imports) is paid once:
+One call makes every file the export asks for (the float model and/or its app form, and with
+--int8 each one's INT8 file), so the environment's start (~10 s of imports) is paid once:
 
     .venv-litert/bin/python -m export.litert_export --weights W.pkl --calib images.pt --out-dir DIR [--forms app] [--int8]
 
 FP32: litert_torch.convert of the inference model, flip averaging included, at a fixed batch of
 1 (litert-torch 0.10 cannot trace this graph with a dynamic batch; a phone classifies one photo
 at a time). INT8: the ai-edge-quantizer's static recipe (int8 weights and activations) on the FP32
-file, calibrated on the same training images as the INT8 ONNX file, with each activation's range
-taken one of two ways: the quantizer's default, a moving average (0.95) of each photo's min and
-max, or the calibration set's own min and max (export.py keeps the one more faithful to FP32 on
-val). The program is integer end to end: its input and output are int8 with the scale
-and zero point stored in the file (export/runtimes.py applies them).
+file, calibrated on the same training images as the INT8 ONNX file, each activation's range the
+quantizer's default moving average (0.95) of each photo's min and max. The program is integer end
+to end: its input and output are int8 with the scale and zero point stored in the file
+(export/runtimes.py applies them).
 
 The metadata record (class labels, preprocessing: the ONNX file's) goes into each file as a LiteRT
 metadata buffer named METADATA_NAME (`embed_metadata`, run by export.py in the main environment:
@@ -51,12 +50,9 @@ def convert_fp32(weights: str, out: Path, app: bool) -> None:
     litert_torch.convert(model.eval(), (example,)).export(str(out))
 
 
-RANGES = ("moving-average", "min-max")
-
-
-def candidate_name(app: bool, ranges: str | None = None) -> str:
-    """The name of one candidate file in --out-dir: FP32 when ranges is None, else INT8."""
-    return ("app" if app else "model") + (f".int8-{ranges}" if ranges else "") + ".tflite"
+def candidate_name(app: bool, int8: bool = False) -> str:
+    """The name of one file in --out-dir."""
+    return ("app" if app else "model") + (".int8" if int8 else "") + ".tflite"
 
 
 def convert_all(weights: str, calib: Path, out_dir: Path, forms: list[str], int8: bool) -> None:
@@ -64,8 +60,8 @@ def convert_all(weights: str, calib: Path, out_dir: Path, forms: list[str], int8
     for app in (form == "app" for form in forms):
         fp32 = out_dir / candidate_name(app)
         convert_fp32(weights, fp32, app)
-        for ranges in RANGES if int8 else ():
-            quantize_int8(fp32, calib, out_dir / candidate_name(app, ranges), ranges, app)
+        if int8:
+            quantize_int8(fp32, calib, out_dir / candidate_name(app, int8=True), app)
 
 
 METADATA_NAME = "dog_emotion.meta.json"
@@ -99,10 +95,12 @@ def read_metadata(path: Path) -> dict | None:
     return None
 
 
-def quantize_int8(tflite: Path, calib: Path, out: Path, ranges: str, app: bool) -> None:
+def quantize_int8(tflite: Path, calib: Path, out: Path, app: bool) -> None:
+    """ai-edge-quantizer's static int8 recipe, activation ranges by its default moving average of
+    each photo's min and max (a choice between that and the set's own min-max, measured on val for
+    the shipped model, kept the moving average for the .int8.tflite)."""
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import calibrator, quantizer, recipe
-    from ai_edge_quantizer.utils import qsv_utils
+    from ai_edge_quantizer import quantizer, recipe
     images = torch.load(calib, weights_only=True)   # uint8 (N, 3, S, S), decoded by the export
     probe = Interpreter(str(tflite))
     (key, io), = probe.get_signature_list().items()
@@ -111,11 +109,7 @@ def quantize_int8(tflite: Path, calib: Path, out: Path, ranges: str, app: bool) 
     samples = [{io["inputs"][0]: x.numpy()} for x in batches]
     q = quantizer.Quantizer(str(tflite))
     q.load_quantization_recipe(recipe.static_wi8_ai8())
-    # Quantizer.calibrate has no choice of range update; its Calibrator does (the same call inside)
-    update = qsv_utils.moving_average_update if ranges == "moving-average" else qsv_utils.min_max_update
-    calib = calibrator.Calibrator(q._float_model_buffer, num_threads=1, qsv_update_func=update)
-    calib.calibrate({key: samples}, q._recipe_manager)
-    q.quantize(calib.get_model_qsvs(), enable_progress_report=False).export_model(str(out), overwrite=True)
+    q.quantize(q.calibrate({key: samples}), enable_progress_report=False).export_model(str(out), overwrite=True)
 
 
 def main(argv=None) -> None:
