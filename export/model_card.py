@@ -224,13 +224,20 @@ def formats_section(rows: list[dict], info: dict, speed: list[dict], speed_sourc
     formats = [{"format": r["format"], "file": r["file"], "size (kB)": r["size (kB)"],
                 "max abs logit diff vs PyTorch": f"{r['max abs logit diff']:.1e}",
                 "test accuracy (%)": r["accuracy (%)"]} for r in kept]
+    client = next((r for r in kept if "MediaPipe accuracy (%)" in r), None)
+    in_client = "" if client is None else (
+        f"\nIn MediaPipe Tasks' ImageClassifier (`{client['file']}`, the test photo files): **{client['MediaPipe accuracy (%)']}%** "
+        f"with its default options, which scale the whole photo to the input (this model framed that way reads "
+        f"{client['eager framed as MediaPipe (%)']}% in PyTorch, the same label on {client['same label as eager framed alike (%)']}% "
+        "of the photos)" + (f"; **{client['MediaPipe, centre-crop region (%)']}%** with the model's centre crop passed as "
+                            "`region_of_interest` (docs/deployment.md)" if "MediaPipe, centre-crop region (%)" in client else "") + ".\n")
     return f"""
 ## Formats
 
 Every file was checked against eager PyTorch on the test split before it was kept (FP32: every
 logit within {info['fp32_atol']:g}; INT8: at most 1 point of accuracy lost). CPU of the check: {info['cpu']}.
 
-{markdown_table(formats)}
+{markdown_table(formats)}{in_client}
 Speed ({speed_source}):
 
 {markdown_table(speed) if speed else ''}
@@ -239,8 +246,9 @@ Which file goes where (`python -m export.formats` lists every format):
 {which_file(kept)}
 Every file holds the class names and the preprocessing inside it (ONNX metadata, an ExecuTorch
 `metadata` method, a LiteRT metadata buffer, a TorchScript extra file), and `{METADATA_SIDECAR}`
-holds the same record as JSON for the web (docs/deployment.md). The app forms (`*.app.*`) take the
-uint8 RGB crop (NHWC) and give the calibrated probabilities; their "max abs logit diff" is in
+holds the same record as JSON for the web (docs/deployment.md); the `.app.tflite` also carries
+LiteRT's standard metadata (labels file, image input, probabilities out). The app forms (`*.app.*`)
+take the uint8 RGB image (NHWC) and give the probabilities; their "max abs logit diff" is in
 probability. LiteRT in this export: {info['tflite']}.
 """
 

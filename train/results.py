@@ -19,6 +19,7 @@ import numpy as np
 from train.common import REPO_ROOT, RUN_LOG, command_errors, markdown_table, save_text
 from train.data import DataError
 from train.plots import plot_frontier
+from train.recipes import SHIPPED_TEACHER
 from train.runlog import append_log, log_row, mean_sd, read_log
 from train.scoring import test_accuracy
 
@@ -52,13 +53,18 @@ def spread(values: list) -> str:
     return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} +- {sd:.2f}"
 
 
+def teacher_cell(names: list[str]) -> str:
+    """The teachers of a run as the table names them: the shipped four by a short name."""
+    return "the four `large`" if list(names) == [Path(t).stem for t in SHIPPED_TEACHER] else ", ".join(names) or "-"
+
+
 def size_table(rows: list[dict]) -> str:
     """One row per recipe, smallest model first: its seeds' val (final weights where the run log
     has them; best-val epoch for runs from before the protocol) and test, mean +- sd."""
     table = []
     for name, runs in sorted(by_recipe(rows).items(), key=lambda kv: (kv[1][0]["params"], kv[0])):
         finals = [r["final_val"] for r in runs if r["final_val"] is not None]
-        table.append({"recipe": cell(name), "model": runs[0]["model"], "teacher": ", ".join(runs[0]["teacher"]) or "-",
+        table.append({"recipe": cell(name), "model": runs[0]["model"], "teacher": teacher_cell(runs[0]["teacher"]),
                       "params": f"{runs[0]['params']:,}", "MACs": f"{runs[0]['macs'] / 1e6:.2f} M",
                       "epochs": runs[0]["epochs"], "seeds": ", ".join(str(r["seed"]) for r in runs),
                       "final val (%)": spread(finals),
