@@ -128,3 +128,37 @@ def test_a_users_own_classes_train_with_the_default_recipe_without_its_teacher(t
         dog_emotion.main(["train", "--data", str(root), "--out", str(tmp_path / "big"), "--teacher", "--train-on", "train",
                           "--model", "nano", "--input-size", "32", "--batch-size", "512", "--epochs", "1"])
     assert "pass --batch-size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raised, said", [
+    (PermissionError(13, "Permission denied", "/data/out/metrics.json"), "error: /data/out/metrics.json: Permission denied"),
+    (OSError(28, "No space left on device", "/data/out/last.ckpt"), "error: /data/out/last.ckpt: No space left on device"),
+    (NotADirectoryError(20, "Not a directory", "/data/out"), "error: /data/out: Not a directory"),
+    (KeyboardInterrupt(), "error: stopped by the user (Ctrl-C)"),
+])
+def test_the_file_system_and_ctrl_c_end_a_command_in_one_line(raised, said, capsys):
+    """Every command's error boundary (common.command_errors): a full disk, an unwritable folder, a
+    file where a folder was asked for, or Ctrl-C is one line naming the path, exit status 2."""
+    from train.common import CommandFailed, command_errors
+    with pytest.raises(CommandFailed) as failed, command_errors():
+        raise raised
+    err = capsys.readouterr().err
+    assert failed.value.code == 2 and err.startswith(said) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_os_error_about_no_path_is_a_bug_and_shows_whole():
+    from train.common import command_errors
+    with pytest.raises(OSError, match="device busy"), command_errors():
+        raise OSError(16, "device busy")
+
+
+def test_predict_into_a_closed_pipe_ends_quietly(split_root, tmp_path):
+    import subprocess
+    import sys
+    from train.common import REPO_ROOT
+    run_train(split_root, tmp_path / "run", "--epochs", "1")
+    # `true` reads nothing and is gone before Python's start-up is over: every write meets a closed pipe
+    done = subprocess.run(f"{sys.executable} -m train.dog_emotion predict {split_root / 'test'} --weights "
+                          f"{tmp_path / 'run' / 'dog_emotion.pkl'} | true; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

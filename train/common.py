@@ -50,11 +50,21 @@ class CommandFailed(SystemExit):
 @contextmanager
 def command_errors():
     """The one error boundary of every command's main(): a ProjectError becomes
-    `error: <file or option>: <problem>` on stderr and exit status 2, with no traceback."""
+    `error: <file or option>: <problem>` on stderr and exit status 2, with no traceback; so does a
+    file system error that names its path (a full disk, an unwritable folder, a file where a folder
+    was asked for), and Ctrl-C. A reader that closed the pipe (`predict ... | head`) ends it quietly."""
     try:
         yield
-    except ProjectError as e:
-        message = f"error: {e}"
+        sys.stdout.flush()   # here, not at exit, where a closed pipe's error could no longer be caught
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")   # the interpreter's last flush would raise again
+        raise SystemExit(0) from None
+    except (ProjectError, OSError, KeyboardInterrupt) as e:
+        if isinstance(e, OSError) and not e.filename:
+            raise   # not about a path the user gave: a bug to see whole
+        message = ("error: stopped by the user (Ctrl-C); what was finished is kept, and the same command "
+                   "goes on from there where it can resume" if isinstance(e, KeyboardInterrupt) else
+                   f"error: {e.filename}: {e.strerror}" if isinstance(e, OSError) else f"error: {e}")
         print(message, file=sys.stderr)
         raise CommandFailed(message) from None
 
