@@ -10,10 +10,15 @@ constant method, METADATA_METHOD, returning the record as JSON text: an app call
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 import torch
+
+# torchao registers an Enum with torch's pytree at import, and torch logs a deprecation addressed to
+# torchao's authors (not to anyone exporting a model) on every run
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 MAX_BATCH = 32
 METADATA_METHOD = "metadata"

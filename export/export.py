@@ -253,7 +253,11 @@ def keep(job: ExportJob, fmt: str, tmp: Path, row: dict | None = None) -> dict:
 
 def write_torchscript(job: ExportJob, tmp: Path) -> None:
     job.notes["torchscript"] = export_torchscript(job.model, tmp, job.meta)
-    for w in job.notes["torchscript"]:
+    deprecated = [w for w in job.notes["torchscript"] if "deprecated" in w]
+    if deprecated:   # three lines of torch's saying the same thing: one of ours (parity.json keeps theirs)
+        print(f"NOTE: TorchScript is deprecated in torch {torch.__version__.split('+')[0]} ({len(deprecated)} warnings); "
+              f"{FORMATS['torchscript'].file} is kept for apps that still load it")
+    for w in sorted(set(job.notes["torchscript"]) - set(deprecated)):
         print(f"torch warning (TorchScript export): {w}")
 
 

@@ -9,6 +9,7 @@ logarithm, logits up to a constant per row, so every format compares with eager 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,9 @@ def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module
 
 
 def _torchscript_runner(fmt: str, path, threads: int):
-    ts = torch.jit.load(str(path))
+    with warnings.catch_warnings():   # torch.jit.load's deprecation: said once by the export, not per load
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(path))
     return lambda x: _torch_run(ts, x)
 
 
