@@ -10,6 +10,9 @@ import pytest
 from PIL import Image
 
 CLASSES = ["angry", "happy", "relaxed", "sad"]
+# the tiny training every test that trains uses: no teacher, on train, nano at 32 px, one thread
+TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1",
+        "--threads", "1"]
 REAL_DATA = Path(__file__).resolve().parent.parent / "data" / "dog_emotion"
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_split_root
+from conftest import TINY as TINY_TRAIN, write_split_root
 from train import dog_emotion
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "32", "--warmup-epochs", "1", "--threads", "1", "--epochs", "3"]
+TINY = [*TINY_TRAIN, "--epochs", "3"]   # each test's own --batch-size comes later and wins
 
 
 def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:

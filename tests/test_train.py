@@ -11,7 +11,7 @@ from train import dog_emotion
 from train.checkpoint import CheckpointError, load_weights, save_weights
 from train.data import DataError
 
-TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1", "--threads", "1"]
+from conftest import TINY
 
 
 def run_train(root, out, *extra):

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, write_split_root
+from conftest import CLASSES, TINY as TINY_TRAIN, write_split_root
 from export import export as exporter
 from mobile_model import build_model
 from train import checkpoint, dog_emotion, engine
 from train.checkpoint import CheckpointError, load_weights, save_weights
 from train.data import BadImage, DataError, load_rgb, load_splits
 
-TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "32", "--batch-size", "8", "--warmup-epochs", "1",
-        "--threads", "1", "--epochs", "1"]
+TINY = [*TINY_TRAIN, "--epochs", "1"]
 
 
 @pytest.fixture
