@@ -15,6 +15,7 @@ timings (benchmark/contention.py), with a warning when it is over 5% of the mach
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 from datetime import date
@@ -69,10 +70,11 @@ def main(argv=None) -> dict:
             print("training epoch time, processes x threads:")
             training = training_layouts.bench_training(args.recipe, args.data, args.train_epochs, args.quick)
     shared = contention.contention(start, contention.snapshot())
+    export_rows = export_times(Path(args.export_dir))
     machine = f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.platform()}"
     result = {"date": date.today().isoformat(), "machine": machine, "quick": args.quick, "torch": torch.__version__,
               "flip_average": not args.no_flip_average, "weights_sha256": ckpt["sha256"], "recipe": args.recipe, "contention": shared,
-              "inference": rows, "input_pipeline": pipeline, "mnist": mnist, "training": training}
+              "inference": rows, "input_pipeline": pipeline, "mnist": mnist, "training": training, "export": export_rows}
     out = Path(args.out)
     save_json(result, out / "bench.json")
     text = (f"# Benchmark ({result['date']}, {machine}, torch {torch.__version__}{', QUICK' if args.quick else ''}"
@@ -82,6 +84,8 @@ def main(argv=None) -> dict:
             f"## From-scratch MNIST network vs torch.nn + autograd\n\n{markdown_table([mnist], mnist_autograd.COLUMNS)}\n"
             + (f"## Training epoch time ({'tiny model, QUICK' if args.quick else args.recipe or 'the shipped recipe'})\n\n"
                f"{markdown_table(training, training_layouts.COLUMNS)}\n" if training else "")
+            + (f"## Export: each format's time to write and check (its run's own clock, parity.json)\n\n"
+               f"{markdown_table(export_rows)}\n" if export_rows else "")
             + "![bench](bench.png)\n")
     save_text(text, out / "bench.md")
     inference.plot(rows, out / "bench.png")
@@ -89,6 +93,15 @@ def main(argv=None) -> dict:
     if shared["noisy"]:
         print(contention.describe(shared))
     return result
+
+
+def export_times(export_dir: Path) -> list[dict]:
+    """The export's own timing of each format it wrote and of the whole export (parity.json, measured
+    by that run on the CPU it names); none for an export from before it was timed."""
+    parity = json.loads((export_dir / "parity.json").read_text())
+    rows = [{"format": f, "seconds": s} for f, s in parity.get("seconds", {}).items()]
+    return rows + ([{"format": f"the whole export ({parity['cpu']})", "seconds": parity["total_seconds"]}]
+                   if "total_seconds" in parity else [])
 
 
 if __name__ == "__main__":

@@ -452,8 +452,10 @@ def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
     except OSError as e:
         raise ExportError(f"{out}: output folder is not writable ({e.strerror})") from None
     try:
+        start = time.perf_counter()
         job = prepare_job(weights, data, staging, calib_count, seed, flip_average, temperature)
         rows, info = export_all(job, with_needs(formats or FORMATS))
+        info["total_seconds"] = round(time.perf_counter() - start, 1)   # with decoding, calibration and profile
         write_reports(job, rows, info, weights)
         swap_in(staging, out)
     except BaseException:

@@ -237,6 +237,11 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     md = (tmp_path / "b" / "bench.md").read_text()
     assert "| p50 (ms) |" in md and all(f"| {fmt} | 1 |" in md for fmt in rows)
     assert set(saved["contention"]) == {"steal_pct", "other_processes_pct", "noisy"} and "CPU contention" in md
+    # the export's speed, as that export clocked it: every format it wrote, then the whole export
+    timed = json.loads((out / "parity.json").read_text())
+    assert [r["format"] for r in saved["export"][:-1]] == list(timed["seconds"]) == timed["formats"]
+    assert saved["export"][-1]["seconds"] == timed["total_seconds"] >= sum(timed["seconds"].values()) > 0
+    assert "## Export" in md
     # the model card's speed table reads the same run: every row's two numbers
     from export import model_card
     card_rows, source = model_card.speed_rows(tmp_path / "b" / "bench.json", saved["weights_sha256"])
