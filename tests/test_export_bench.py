@@ -239,7 +239,8 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     assert set(saved["contention"]) == {"steal_pct", "other_processes_pct", "noisy"} and "CPU contention" in md
     # the export's speed, as that export clocked it: every format it wrote, then the whole export
     timed = json.loads((out / "parity.json").read_text())
-    assert [r["format"] for r in saved["export"][:-1]] == list(timed["seconds"]) == timed["formats"]
+    assert [r["format"] for r in saved["export"][:-1]] == list(timed["seconds"])
+    assert set(rows) - {"eager"} <= set(timed["seconds"]) <= set(timed["formats"])
     assert saved["export"][-1]["seconds"] == timed["total_seconds"] >= sum(timed["seconds"].values()) > 0
     assert "## Export" in md
     # the model card's speed table reads the same run: every row's two numbers
