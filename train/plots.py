@@ -98,16 +98,33 @@ def plot_frontier(points: list[dict], path: str | Path) -> Path:
     recipe at its seeds' mean (test where read, else held-out val), a bar from its lowest to its
     highest seed: where the spread is wider than the gap, so is the doubt."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for kind, label in (("test", "test accuracy"), ("val", "held-out val (train-only runs, final weights)")):
-        pts = [p for p in points if p["kind"] == kind]
+    for kind, teacher, label, fmt in (("test", False, "students: test accuracy", "o"),
+                                      ("val", False, "students: held-out val (train-only runs, final weights)", "s"),
+                                      ("test", True, "teachers (190k parameters): test", "D"),
+                                      ("val", True, "teachers: held-out val", "D")):
+        pts = [p for p in points if p["kind"] == kind and p.get("teacher", False) == teacher]
         if not pts:
             continue
         x, y = np.array([p["params"] for p in pts]), np.array([p["mean"] for p in pts])
         err = np.array([[p["mean"] - p["lo"] for p in pts], [p["hi"] - p["mean"] for p in pts]])
-        ax.errorbar(x, y, yerr=err, fmt="o" if kind == "test" else "s", capsize=3, alpha=0.9 if kind == "test" else 0.55,
-                    label=label)
-    for p in sorted(points, key=lambda p: -p["mean"])[:8]:  # the best few named; the rest are in the table
-        ax.annotate(p["name"], (p["params"], p["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        ax.errorbar(x, y, yerr=err, fmt=fmt, capsize=3, alpha=0.85 if kind == "test" else 0.45, label=label,
+                    color="tab:grey" if teacher else None, markersize=5)
+    # the frontier: the students' test means over three seeds or more (the protocol's final
+    # candidates) that no smaller recipe beats
+    best, front = -1.0, []
+    finals = (p for p in points if p["kind"] == "test" and not p.get("teacher") and p.get("seeds", 0) >= 3)
+    for p in sorted(finals, key=lambda p: (p["params"], -p["mean"])):
+        if p["mean"] > best:
+            best = p["mean"]
+            front.append(p)
+    if front:
+        ax.step([p["params"] for p in front], [p["mean"] for p in front], where="post", color="tab:blue", linewidth=1.5,
+                label="frontier: the best 3-seed test mean at or under each size")
+        for i, p in enumerate(front):   # above and below by turns, so that neighbours' names do not overlap
+            ax.annotate(p["name"], (p["params"], p["mean"]), textcoords="offset points", xytext=(6, -12 if i % 2 else 8), fontsize=8)
+    for p in (p for p in points if p.get("shipped")):
+        ax.plot(p["params"], p["mean"], marker="*", markersize=18, color="tab:red", linestyle="none", label="shipped recipe")
+        ax.annotate("shipped", (p["params"], p["mean"]), textcoords="offset points", xytext=(8, 6), fontsize=9, color="tab:red")
     ax.set_xscale("log")
     ax.set_xlabel("inference parameters (BatchNorm folded)")
     ax.set_ylabel("accuracy on unseen photos (%), mean over seeds;\nbar: lowest to highest seed")

@@ -19,7 +19,9 @@ import numpy as np
 from train.common import REPO_ROOT, RUN_LOG, command_errors, markdown_table, save_text
 from train.data import DataError
 from train.plots import plot_frontier
-from train.recipes import SHIPPED_TEACHER
+from train.recipes import SHIPPED_TEACHER, recipe_record, run_values
+
+SHIPPED_VALUES = recipe_record("")["values"]   # the train command's defaults: the shipped recipe
 from train.runlog import append_log, log_row, mean_sd, read_log
 from train.scoring import test_accuracy
 
@@ -100,7 +102,9 @@ def frontier_points(rows: list[dict]) -> list[dict]:
         values, kind = (tests, "test") if tests else (held_out, "val") if len(held_out) == len(runs) else ([], "")
         if values:
             points.append({"name": name, "params": runs[0]["params"], "mean": float(np.mean(values)),
-                           "lo": min(values), "hi": max(values), "kind": kind})
+                           "lo": min(values), "hi": max(values), "kind": kind, "seeds": len(values),
+                           "teacher": runs[0]["model"] == "large",   # the teachers, apart from the students
+                           "shipped": any(run_values(r) == SHIPPED_VALUES for r in runs if "recipe_values" in r)})
     return points
 
 
