@@ -41,6 +41,13 @@ def file_metadata(fmt: str, path: str | Path) -> dict:
     if runtime == "onnxruntime":
         raw = ort_session(path, ort_format=FORMATS[fmt].file.endswith(".ort")).get_modelmeta().custom_metadata_map
         return {k: _json_or_text(v) for k, v in raw.items()}
+    try:
+        return _file_metadata(runtime, path)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in the runtime's or the flatbuffer reader's own way
+        raise DataError(f"{path}: not a loadable {runtime} file ({type(e).__name__}: {str(e).strip()[:200]})") from None
+
+
+def _file_metadata(runtime: str, path: str | Path) -> dict:
     if runtime == "executorch":
         from executorch.runtime import Runtime
         program = Runtime.get().load_program(str(path))
@@ -68,7 +75,11 @@ def ort_session(path: str | Path, threads: int = 1, ort_format: bool = False) ->
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        raise DataError(f"{path}: not a loadable {'.ort' if ort_format else 'ONNX'} model "
+                        f"({str(e).strip().splitlines()[0][-200:]})") from None
 
 
 def make_runner(fmt: str, path: str | Path | None = None, model: torch.nn.Module | None = None, threads: int = 1):
@@ -93,8 +104,9 @@ def _executorch_runner(fmt: str, path, threads: int):
         method = Runtime.get().load_program(str(path)).load_method("forward")
     except Exception as e:  # noqa: BLE001 - the runtime raises plain RuntimeError/ValueError
         raise DataError(f"{path}: not a loadable ExecuTorch program ({e})") from None
-    # the runtime's outputs alias its own buffers: copy each one before the next execute
-    return lambda x: method.execute([torch.from_numpy(x)])[0].clone().numpy()
+    # the runtime reads a tensor's bytes as if contiguous (its strides are ignored: a channels-last view
+    # gave another answer), and its outputs alias its own buffers: copy each one before the next execute
+    return lambda x: method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].clone().numpy()
 
 
 def _onnxruntime_runner(fmt: str, path, threads: int):

@@ -584,3 +584,23 @@ def test_only_an_export_of_the_shipped_weights_becomes_the_projects_model_card(t
     (export_dir / "MODEL_CARD.md").unlink()
     with pytest.raises(DataError, match="not a complete export"):
         model_card.publish(export_dir, dest)
+
+
+def test_one_classifier_for_every_exported_file_gives_the_weights_probabilities(exported, real_data, tmp_path):
+    """train.classifier.Classifier, the one Python entry for inference, takes every FP32 file the
+    export wrote (each in its own runtime, app forms included) and gives what the weights give; a
+    damaged file of any kind is one error naming it."""
+    from train.classifier import Classifier
+    out, _, _ = exported
+    photo = sorted((real_data / "test" / "happy").iterdir())[0]
+    reference = Classifier(out / exporter.CALIBRATED_WEIGHTS).predict(photo)[0]["probabilities"]
+    files = [f.file for f in exporter.FORMAT_TABLE if f.precision == "fp32" and f.file.endswith((".onnx", ".ort", ".pte", ".tflite"))
+             and (out / f.file).is_file()]
+    assert {"dog_emotion.onnx", "dog_emotion.app.pte"} <= set(files)
+    for name in files:
+        got = Classifier(out / name).predict(photo)[0]["probabilities"]
+        assert list(got) == list(reference) and max(abs(got[c] - reference[c]) for c in got) < 1e-3, name
+    for suffix in (".onnx", ".ort", ".pte", ".tflite"):
+        (tmp_path / f"broken{suffix}").write_text("not a model")
+        with pytest.raises(DataError, match=f"broken\\{suffix}: not a loadable"):
+            Classifier(tmp_path / f"broken{suffix}")

@@ -1,7 +1,7 @@
 """One object, one call: `Classifier(path).predict(source)` labels photos with a weights file
-(`.pkl`, PyTorch) or an exported one (`.onnx` / `.ort`, onnxruntime), the way Ultralytics'
-`YOLO(path).predict(source)` does; the app form of an export (`dog_emotion.app.onnx`: uint8 in,
-probabilities out) works the same.
+(`.pkl`, PyTorch) or an exported one (`.onnx`, `.ort`, `.pte`, `.tflite`, each in its own runtime),
+the way Ultralytics' `YOLO(path).predict(source)` does; the app forms of an export
+(`dog_emotion.app.*`: uint8 in, probabilities out) work the same.
 
     from train.classifier import Classifier
     for row in Classifier("weights/dog_emotion.pkl").predict("photos/"):
@@ -31,19 +31,24 @@ def app_input(img: Image.Image, input_size: int, framing: str = "crop") -> torch
     return next(app_batches(frame_image(img, storage_size(input_size, framing), framing)[None], input_size, 1))
 
 
+# An exported file by its suffix: the formats registry's name of its family (export/formats.py)
+EXPORTED = {".onnx": "onnx", ".ort": "ort", ".pte": "pte", ".tflite": "tflite"}
+
+
 class Classifier:
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int = 1):
         path = Path(path)
-        if path.suffix in (".onnx", ".ort"):
-            from export.runtimes import file_metadata, make_runner   # onnxruntime only when an exported file is used
-            meta = file_metadata(f"{path.suffix[1:]}_fp32", path)
+        if path.suffix in EXPORTED:
+            from export.runtimes import file_metadata, make_runner   # the runtimes only when an exported file is used
+            family = EXPORTED[path.suffix]
+            meta = file_metadata(f"{family}_fp32", path)
             if "classes" not in meta or "preprocess" not in meta:
                 raise DataError(f"{path}: no class labels and preprocessing in its metadata (not a file of `make export`)")
             spec = meta["preprocess"]   # files of earlier exports name the input size center_crop_2
             self.classes, self.input_size = meta["classes"], int(spec.get("input_size") or spec["center_crop_2"])
             self.framing = spec.get("framing", "crop")
-            app = meta.get("input_layout") == "NHWC"   # the app form: the uint8 crop in, probabilities out
-            run = make_runner(f"{path.suffix[1:]}_{'app' if app else 'fp32'}", path, threads=threads)
+            app = meta.get("input_layout") == "NHWC"   # the app form: the uint8 image in, probabilities out
+            run = make_runner(f"{family}_{'app' if app else 'fp32'}", path, threads=threads)
             self._logits, self._input = (lambda x: run(x.numpy())), (app_input if app else preprocess)
         else:
             model, ckpt = load_weights(path)
