@@ -162,3 +162,17 @@ def test_predict_into_a_closed_pipe_ends_quietly(split_root, tmp_path):
                           f"{tmp_path / 'run' / 'dog_emotion.pkl'} | true; exit ${{PIPESTATUS[0]}}", shell=True,
                           executable="/bin/bash", cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_outputs_built_aside_get_the_users_umask_not_a_private_mode(tmp_path):
+    """A set built in a staging folder (export) or a file written aside and renamed (every writer)
+    takes the user's umask, as a plain mkdir or open would."""
+    import os
+    import stat
+    from train.common import temp_path
+    old = os.umask(0o022)
+    try:
+        folder, file = temp_path(tmp_path / "export", folder=True), temp_path(tmp_path / "metrics.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755 and stat.S_IMODE(file.stat().st_mode) == 0o644

@@ -190,13 +190,15 @@ def temp_path(final: str | Path, folder: bool = False) -> Path:
     it once complete: same file system, so the rename is atomic. The caller removes it on failure."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    if folder:
-        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make every output private
+    if folder:   # mkdtemp's 0700 and mkstemp's 0600 would make every output private: the user's umask instead
+        tmp = tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.chmod(tmp, 0o777 & ~umask)
+        return Path(tmp)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 
