@@ -604,3 +604,12 @@ def test_one_classifier_for_every_exported_file_gives_the_weights_probabilities(
         (tmp_path / f"broken{suffix}").write_text("not a model")
         with pytest.raises(DataError, match=f"broken\\{suffix}: not a loadable"):
             Classifier(tmp_path / f"broken{suffix}")
+    # a file whose outputs do not fit its labels (three outputs, four names) is refused, not mislabelled
+    m = onnx.load(str(out / "dog_emotion.onnx"))
+    m.graph.initializer.extend(onnx.numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s", 0), ("e", 3), ("a", 1)))
+    m.graph.node.append(onnx.helper.make_node("Slice", [m.graph.output[0].name, "s", "e", "a"], ["three"]))
+    del m.graph.output[:]
+    m.graph.output.append(onnx.helper.make_tensor_value_info("three", onnx.TensorProto.FLOAT, ["batch", 3]))
+    onnx.save(m, str(tmp_path / "three.onnx"))
+    with pytest.raises(DataError, match="gives 3 outputs but its metadata names 4 classes"):
+        Classifier(tmp_path / "three.onnx")

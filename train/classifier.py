@@ -49,6 +49,10 @@ class Classifier:
             self.framing = spec.get("framing", "crop")
             app = meta.get("input_layout") == "NHWC"   # the app form: the uint8 image in, probabilities out
             run = make_runner(f"{family}_{'app' if app else 'fp32'}", path, threads=threads)
+            size = self.input_size
+            probe = run(np.zeros((1, size, size, 3), np.uint8) if app else np.zeros((1, 3, size, size), np.float32))
+            if probe.shape[-1] != len(self.classes):   # labels that do not fit the outputs would name them wrongly
+                raise DataError(f"{path}: gives {probe.shape[-1]} outputs but its metadata names {len(self.classes)} classes")
             self._logits, self._input = (lambda x: run(x.numpy())), (app_input if app else preprocess)
         else:
             model, ckpt = load_weights(path)
