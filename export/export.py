@@ -128,18 +128,14 @@ def convert_to_ort(onnx_path: Path, tmp: Path) -> None:
 
 class ImageReader(CalibrationDataReader):
     def __init__(self, images_uint8: torch.Tensor, input_size: int, fmt: str, input_name: str, max_batch: int = 32):
-        # batches of one size: the histogram calibrators (Percentile) stack them and fail on a short last one
+        # batches of one size, as the search that chose ONNX_INT8 calibrated with
         batch = max(b for b in range(1, max_batch + 1) if len(images_uint8) % b == 0)
-        self.batches = list(model_inputs(fmt, images_uint8, input_size, batch))   # as `fmt` takes them
+        self.batches = model_inputs(fmt, images_uint8, input_size, batch)   # as `fmt` takes them
         self.input_name = input_name
-        self.it = iter(self.batches)
 
     def get_next(self):
-        b = next(self.it, None)
+        b = next(self.batches, None)
         return None if b is None else {self.input_name: b}
-
-    def rewind(self):
-        self.it = iter(self.batches)
 
 
 # INT8 ONNX: one setting, the one a search over twelve kept for the shipped model (U8/S8
@@ -159,12 +155,11 @@ class QuantSetting(NamedTuple):
 ONNX_INT8 = QuantSetting("U8S8 per-channel, 7-bit weights, MinMax", QuantType.QUInt8, QuantType.QInt8, True, True)
 
 
-def quantize_int8(prepared: Path, tmp: Path, reader: ImageReader, meta: dict, setting: QuantSetting = ONNX_INT8) -> None:
-    """`prepared`: the FP32 file after quant_pre_process, made once for all settings."""
-    reader.rewind()
+def quantize_int8(prepared: Path, tmp: Path, reader: ImageReader, meta: dict) -> None:
+    """ONNX_INT8 of `prepared` (the FP32 file after quant_pre_process), calibrated on `reader`'s images."""
     quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                    per_channel=setting.per_channel, reduce_range=setting.reduce_range,
-                    activation_type=setting.activation, weight_type=setting.weight,
+                    per_channel=ONNX_INT8.per_channel, reduce_range=ONNX_INT8.reduce_range,
+                    activation_type=ONNX_INT8.activation, weight_type=ONNX_INT8.weight,
                     calibrate_method=CalibrationMethod.MinMax)
     set_metadata(tmp, meta)
 
@@ -187,7 +182,6 @@ class ExportJob:
     meta: dict
     out: Path
     test: DecodedSplit              # parity is measured here
-    val: DecodedSplit               # a temperature is fitted here (when the weights never trained on it)
     calib: torch.Tensor             # INT8 calibration images, from train
     eager: np.ndarray               # eager PyTorch's logits on test: the reference
     calibration: dict = field(default_factory=dict)   # the temperature and what it did on test
@@ -435,7 +429,7 @@ def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int,
                      {**ckpt["metrics"], "temperature": calibration["temperature"]})
     eager = batched_logits(make_runner("eager", model=model), test.images, model.config.input_size)
     meta = {**metadata(model, ckpt), "temperature": calibration.get("temperature", 1.0), "calibrated": bool(calibration)}
-    return ExportJob(model, meta, out, test, val, calib, eager, calibration=calibration, data=root)
+    return ExportJob(model, meta, out, test, calib, eager, calibration=calibration, data=root)
 
 
 def run_export(weights: str, data: str, out: Path, calib_count: int, seed: int,
