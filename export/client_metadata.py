@@ -29,19 +29,20 @@ def model_metadata(model_buffer: bytes, record: dict):
     from mediapipe.tasks.python.metadata.metadata_writers import metadata_info, writer_utils
     classes, spec = record["classes"], record["preprocess"]
     size = spec["input_size"]
-    framing = ("the whole photo scaled to {0} x {0} px, aspect not kept (MediaPipe's default)" if spec["framing"] == "squash"
-               else "the centre {0} x {0} px crop after resizing the shorter side to {1} px (pass it as region_of_interest)")
+    framing = (f"the whole photo scaled to {size} x {size} px, aspect not kept (MediaPipe's default)" if spec["framing"] == "squash"
+               else f"the centre {size} x {size} px crop after resizing the shorter side to {spec.get('resize_shorter_side')} px "
+                    "(pass it as region_of_interest)")
     general = metadata_info.GeneralMd(
         name=record.get("name", "dog_emotion"), version=f"weights {record['weights_sha256'][:12]}",
         description=f"Image classifier of {len(classes)} classes ({', '.join(classes)}): a {record['params']:,}-parameter CNN "
-                    f"trained from scratch; it reads {framing.format(size, spec.get('resize_shorter_side'))}.",
+                    f"trained from scratch; it reads {framing}.",
         author="the dog-emotion pipeline authors", licenses=LICENSE)
     input_type = writer_utils.get_input_tensor_types(model_buffer)[0]
     uint8_input = record.get("input_dtype") == "uint8"
     mean = [0.0, 0.0, 0.0] if uint8_input else [255 * m for m in spec["mean"]]
     std = [1.0, 1.0, 1.0] if uint8_input else [255 * s for s in spec["std"]]
     image = metadata_info.InputImageTensorMd(
-        name=record["input_name"], description=f"RGB photo, {framing.format(size, spec.get('resize_shorter_side'))}",
+        name=record["input_name"], description=f"RGB photo, {framing}",
         norm_mean=mean, norm_std=std, color_space_type=fb.ColorSpaceType.RGB, tensor_type=input_type)
     labels = metadata_info.LabelFileMd(file_path=LABEL_FILE)
     output = metadata_info.ClassificationTensorMd(
