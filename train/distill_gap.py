@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from train.checkpoint import load_weights
+from train.engine import for_input_size
 from train.common import ARTIFACTS, at_least, command_errors, markdown_table, set_threads
 from train.data import DEFAULT_DATA, draw_views, load_splits, render_views, storage_size, eval_transform
 from train.recipes import SHIPPED_TEACHER
@@ -31,8 +32,7 @@ FRESH_SEED = 20261207   # a stream of views no bank draws from (banks seed their
 
 @torch.no_grad()
 def probs_of(model, x: torch.Tensor) -> torch.Tensor:
-    return F.softmax(model(F.interpolate(x, size=(model.config.input_size,) * 2, mode="bilinear", antialias=True)
-                           if x.shape[-1] != model.config.input_size else x), 1)
+    return F.softmax(model(for_input_size(x, model.config.input_size)), 1)
 
 
 @torch.no_grad()
@@ -43,13 +43,13 @@ def gap(student, teachers: list, images: torch.Tensor, views: torch.Tensor | Non
     for v in range(1 if views is None else views.shape[1]):
         for i in range(0, len(images), batch):
             chunk = images[i:i + batch]
-            teacher_inputs = {t.config.input_size: (eval_transform(chunk, student.config.input_size) if views is None
-                                                    else render_views(chunk, views[i:i + batch, v], t.config.input_size))
-                              for t in teachers}
-            p = torch.stack([probs_of(t, teacher_inputs[t.config.input_size]) for t in teachers]).mean(0)
-            x = (eval_transform(chunk, student.config.input_size) if views is None
-                 else render_views(chunk, views[i:i + batch, v], student.config.input_size))
-            q = probs_of(student, x)
+            # each model sees the view rendered at its own size, as the bank renders it (the
+            # evaluation view is the student's, resized)
+            rendered = {size: eval_transform(chunk, student.config.input_size) if views is None
+                        else render_views(chunk, views[i:i + batch, v], size)
+                        for size in {m.config.input_size for m in (student, *teachers)}}
+            p = torch.stack([probs_of(t, rendered[t.config.input_size]) for t in teachers]).mean(0)
+            q = probs_of(student, rendered[student.config.input_size])
             kl_sum += F.kl_div(q.clamp_min(1e-8).log(), p, reduction="sum").item()
             agree += (p.argmax(1) == q.argmax(1)).sum().item()
             n += len(chunk)
