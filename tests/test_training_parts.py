@@ -3,6 +3,7 @@ flip averaging and the folding of BatchNorm and re-parameterization branches."""
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,18 @@ def test_distillation_loss_is_zero_for_equal_outputs_and_matches_a_hand_worked_c
     q = torch.tensor([0.8, 0.2])
     expected = 4 * float((q * (q / p).log()).sum())
     assert distillation_loss(student, q.log()[None], 2.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dist_loss_is_two_minus_the_inter_and_intra_class_pearson_correlations():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    p, q = F.softmax(student, 1).numpy(), F.softmax(teacher, 1).numpy()
+    inter = np.mean([np.corrcoef(p[i], q[i])[0, 1] for i in range(6)])        # across the classes of a photo
+    intra = np.mean([np.corrcoef(p[:, j], q[:, j])[0, 1] for j in range(4)])  # across the batch, per class
+    got = distillation_loss(student, F.log_softmax(teacher, 1), 1.0, "dist").item()
+    assert got == pytest.approx(2 - inter - intra, rel=1e-6)
+    assert distillation_loss(student, F.log_softmax(student, 1), 1.0, "dist").item() == pytest.approx(0, abs=1e-6)
+    assert got > 0.1   # unequal outputs cost something
 
 
 def test_lr_warms_up_linearly_then_decays_to_zero_on_a_cosine():

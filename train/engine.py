@@ -101,10 +101,24 @@ def teacher_log_probs(teachers: list, x: torch.Tensor, temperature: float) -> to
     return probs.clamp_min(1e-8).log()
 
 
-def distillation_loss(logits, teacher_logp, temperature: float) -> torch.Tensor:
-    """Hinton et al.'s soft-target loss: KL(teacher || student) at temperature T, scaled by T^2."""
+def distillation_loss(logits, teacher_logp, temperature: float, kind: str = "kl") -> torch.Tensor:
+    """The soft-target loss at temperature T, scaled by T^2. kl: Hinton et al.'s KL(teacher ||
+    student). dist: DIST (Huang et al. 2022), which asks the student to match the teacher's
+    probabilities only up to scale and shift, by Pearson correlation: across the classes of each
+    photo (inter-class) plus across the photos of the batch for each class (intra-class); a small
+    student need not reproduce a much stronger teacher's exact confidence."""
     t = temperature
-    return F.kl_div(F.log_softmax(logits / t, 1), teacher_logp, reduction="batchmean", log_target=True) * t * t
+    log_p = F.log_softmax(logits / t, 1)
+    if kind == "kl":
+        return F.kl_div(log_p, teacher_logp, reduction="batchmean", log_target=True) * t * t
+    p, q = log_p.exp(), teacher_logp.exp()
+    return (2 - pearson(p, q, 1).mean() - pearson(p, q, 0).mean()) * t * t
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of a and b along dim."""
+    a, b = a - a.mean(dim, keepdim=True), b - b.mean(dim, keepdim=True)
+    return (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
 
 
 def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_steps: int, epoch: int, teachers=(),
@@ -143,7 +157,7 @@ def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_s
             if teachers or bank is not None:
                 soft = teacher_log_probs(teachers, x, args.distill_temperature) if bank is None else soft.to(device)
                 loss = (1 - args.distill_weight) * loss + args.distill_weight * distillation_loss(
-                    logits, soft, args.distill_temperature)
+                    logits, soft, args.distill_temperature, args.distill_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -162,6 +162,9 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "once in --cache-dir and shared by every run of the same teachers (train/teacher_bank.py); 0: run the "
                         "teachers on every batch (default: %(default)s)")
     t.add_argument("--distill-weight", type=fraction, default=0.7, help="share of the distillation term in the loss (default: %(default)s)")
+    t.add_argument("--distill-loss", default="kl", choices=("kl", "dist"),
+                   help="the distillation term: kl (Hinton's KL divergence) or dist (DIST: Pearson correlation of the "
+                        "probabilities across classes and across the batch) (default: %(default)s)")
     t.add_argument("--distill-temperature", type=real(0.05, 100), default=2.0, help="softmax temperature for distillation (default: %(default)s)")
     t.add_argument("--seed", type=at_least(0), default=0, help="seed for init, data order and augmentation (default: %(default)s)")
     t.add_argument("--device", type=device_name, default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps (default: %(default)s)")
