@@ -26,7 +26,7 @@ RECIPE_ARGS = $(if $(RECIPE),--config $(RECIPE)) $(if $(SEED),--seed $(SEED))
 # (train.common.keep_freed_memory), so `python -m train.dog_emotion train` runs at the same speed.
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers reproduce sizes results demo eda prepare-data evaluate profile temperature export model-card bench mnist lr-sweep vgg test clean
+.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers reproduce results demo eda prepare-data evaluate profile temperature export model-card bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -97,13 +97,6 @@ artifacts/runs/%/dog_emotion.pkl: | $(STAMP) data
 ENSEMBLE := large-s1 large-s2 teacher-large128
 teachers: $(STAMP) data ## the teacher ensemble's three new members from scratch, two at a time, one thread each (resumable) -> artifacts/runs/large-s1, large-s2, teacher-large128/
 	$(MAKE) -j2 $(foreach t,$(ENSEMBLE),artifacts/runs/$(t)/dog_emotion.pkl)
-
-SIZES_TEACHERS := artifacts/runs/small-plain/dog_emotion.pkl artifacts/runs/base-plain/dog_emotion.pkl
-artifacts/runs/small-distilled/dog_emotion.pkl artifacts/runs/nano-distilled/dog_emotion.pkl: $(SIZES_TEACHERS)
-
-sizes: $(STAMP) data ## rows of the size table: two plain teachers, then `small` and `nano` distilled from them -> artifacts/runs/
-	$(MAKE) -j2 $(SIZES_TEACHERS)
-	$(MAKE) -j2 artifacts/runs/small-distilled/dog_emotion.pkl artifacts/runs/nano-distilled/dog_emotion.pkl
 
 results: $(STAMP) ## docs/results.md's size and run tables and docs/frontier.png, from the run log docs/runs.jsonl
 	$(PY) -m train.results render

@@ -7,19 +7,15 @@ because it exports to every ONNX opset as one op, fuses into Conv in onnxruntime
 output range [0, inf) quantizes to uint8 without wasting half the levels.
 
 Two forms of one network share a config. The *training* form has BatchNorm after every
-convolution and, with `branches > 0`, MobileOne-style parallel branches (Vasu et al. 2023):
-extra k x k conv+BN branches, a 1x1 conv+BN branch and a BN-only identity branch, all summed
-before the ReLU. They add capacity while training and cost nothing at inference, because
-`fold()` turns every such unit into one convolution with a bias (the *inference* form,
-`folded=True`). Weights ship folded, and `count_parameters()` of the folded model is the count
-of the exported ONNX file's conv/linear initializers.
+convolution; `fold()` turns every conv + BN into one convolution with a bias (the *inference*
+form, `folded=True`). Weights ship folded, and `count_parameters()` of the folded model is the
+count of the exported ONNX file's conv/linear initializers.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,15 +32,10 @@ class ModelConfig:
     # Eval-time horizontal-flip averaging, inside the network so every exported format has it:
     # twice the MACs, no extra parameters (docs/results.md says what it is worth).
     flip_average: bool = False
-    # ShuffleNet's grouped pointwise convs (issue 43 item 3): every pointwise conv with at least
-    # GROUPED_MIN weights (cin x cout) split into this many groups, its output channels shuffled
-    # so that the next block's groups each read from every group of this one. 1 = plain.
-    pointwise_groups: int = 1
     # How a photo becomes the input square (train.data.FRAMINGS): "crop" (shorter side, centre
     # square) or "squash" (the whole photo scaled to the input, as MediaPipe and most apps do)
     framing: str = "crop"
-    branches: int = 0                   # extra parallel conv+BN branches per conv while training (0 = plain)
-    folded: bool = False                # inference form: BN and branches folded into one conv with a bias
+    folded: bool = False                # inference form: each conv + BN folded into one conv with a bias
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -59,23 +50,6 @@ class ModelConfig:
         return cls(**known)
 
 
-class RepConvBN(nn.Module):
-    """Training-time conv unit with parallel branches whose outputs are summed (MobileOne):
-    `1 + extra` k x k conv+BN, one 1x1 conv+BN (k > 1) and one BN identity (shape-preserving)."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int, extra: int):
-        super().__init__()
-        self.convs = nn.ModuleList(conv_bn(cin, cout, kernel, stride, groups) for _ in range(1 + extra))
-        self.scale = conv_bn(cin, cout, 1, stride, groups) if kernel > 1 else None
-        self.identity = nn.BatchNorm2d(cout) if stride == 1 and cin == cout else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = sum(c(x) for c in self.convs)
-        if self.scale is not None:
-            y = y + self.scale(x)
-        return y + self.identity(x) if self.identity is not None else y
-
-
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
                          nn.BatchNorm2d(cout))
@@ -87,18 +61,7 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int 
     if config.folded:
         conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=True)
         return nn.Sequential(conv, nn.ReLU(inplace=True))
-    if config.branches:
-        return nn.Sequential(RepConvBN(cin, cout, kernel, stride, groups, config.branches), nn.ReLU(inplace=True))
     return nn.Sequential(*conv_bn(cin, cout, kernel, stride, groups), nn.ReLU(inplace=True))
-
-
-GROUPED_MIN = 5_000   # the pointwise convs worth splitting: the wide ones at 14x14 and 7x7
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Channel g * n + i goes to i * groups + g (ShuffleNet): a reshape and a transpose, which every
-    export format has."""
-    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 class SeparableBlock(nn.Module):
@@ -106,18 +69,12 @@ class SeparableBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, config: ModelConfig):
         super().__init__()
-        g = config.pointwise_groups if cin * cout >= GROUPED_MIN else 1
-        if cin % g or cout % g:
-            raise ValueError(f"pointwise_groups = {g} does not divide a {cin} -> {cout} pointwise conv")
         self.depthwise = conv_bn_relu(cin, cin, 3, stride, groups=cin, config=config)
-        self.pointwise = conv_bn_relu(cin, cout, 1, groups=g, config=config)
-        self.shuffle = g
+        self.pointwise = conv_bn_relu(cin, cout, 1, config=config)
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.pointwise(self.depthwise(x))
-        if self.shuffle > 1:
-            y = channel_shuffle(y, self.shuffle)
         return x + y if self.residual else y
 
 
@@ -157,29 +114,9 @@ def _bn_fold(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, to
     return weight * s.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * s
 
 
-def _identity_kernel(conv_shape: torch.Size) -> torch.Tensor:
-    """The kernel of a conv that passes its input through unchanged (channel i -> channel i)."""
-    cout, cin_per_group, k, _ = conv_shape
-    w = torch.zeros(conv_shape)
-    idx = torch.arange(cout)
-    w[idx, idx % cin_per_group, k // 2, k // 2] = 1.0
-    return w
-
-
 def _unit_kernel(unit: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
-    """One conv unit of the training form as a single (weight, bias)."""
-    first = unit[0]
-    if isinstance(first, nn.Conv2d):          # plain: conv, BN, ReLU
-        return _bn_fold(first.weight, unit[1])
-    conv = first.convs[0][0]
-    k = conv.kernel_size[0]
-    pairs = [_bn_fold(c[0].weight, c[1]) for c in first.convs]
-    if first.scale is not None:
-        w, b = _bn_fold(first.scale[0].weight, first.scale[1])
-        pairs.append((F.pad(w, [k // 2] * 4), b))  # a 1x1 kernel is the centre of a k x k one
-    if first.identity is not None:
-        pairs.append(_bn_fold(_identity_kernel(conv.weight.shape), first.identity))
-    return sum(w for w, _ in pairs), sum(b for _, b in pairs)
+    """One conv unit of the training form (conv, BN, ReLU) as a single (weight, bias)."""
+    return _bn_fold(unit[0].weight, unit[1])
 
 
 @torch.no_grad()
@@ -188,7 +125,7 @@ def fold(model: MobileCNN) -> MobileCNN:
     in eval mode (to float rounding). A folded model is returned unchanged."""
     if model.config.folded:
         return model
-    folded = MobileCNN(replace(model.config, folded=True, branches=0)).eval()
+    folded = MobileCNN(replace(model.config, folded=True)).eval()
     for src, dst in zip(model.conv_units(), folded.conv_units(), strict=True):
         w, b = _unit_kernel(src)
         dst[0].weight.copy_(w)
@@ -218,42 +155,23 @@ def count_macs(model: nn.Module) -> int:
 
 
 def inference_parameters(model: MobileCNN) -> int:
-    """Parameters of the model as it ships: BN and branches folded (the exported ONNX file's count).
+    """Parameters of the model as it ships: BN folded (the exported ONNX file's count).
     Built on the meta device: no memory, and no draw from the global RNG that training relies on."""
     with torch.device("meta"):
-        return count_parameters(MobileCNN(replace(model.config, folded=True, branches=0)))
+        return count_parameters(MobileCNN(replace(model.config, folded=True)))
 
 
-# The named sizes; docs/results.md has a row for each. "mini14" ships in weights/; four "large" are
-# its teachers.
+# The named sizes: the shipped model, its teachers, the <= 10k candidate and the tests' tiny one.
+# Sizes measured and retired (small, phone, micro, mini, mid, ...) are rows of docs/results.md and
+# the run log, which keeps every run's config; git history keeps their definitions.
 CONFIGS: dict[str, ModelConfig] = {
     "nano": ModelConfig(stem=12, stages=((16, 2, 1), (32, 2, 2), (48, 2, 2)), flip_average=True),
-    "small": ModelConfig(stem=16, stages=((24, 2, 1), (48, 2, 2), (96, 2, 2)), flip_average=True),
-    # the phone-sized candidate: wider and one block deeper at 56x56 and 28x28, where channels
-    # cost MACs but few parameters; narrow at 7x7, where each channel costs the most parameters
-    "phone": ModelConfig(stem=24, stages=((32, 1, 1), (48, 2, 2), (64, 2, 2), (120, 2, 1)), flip_average=True),
-    # phone's layout under 10,000 parameters: the same five stages, narrower everywhere
-    "micro": ModelConfig(stem=16, stages=((24, 1, 1), (32, 2, 2), (40, 2, 2), (54, 2, 1)), flip_average=True),
-    # micro with its 40-channel stage at 28x28 and its last at 14x14 (one stride later): the same
-    # parameters for more MACs, spending budget that micro leaves unused
+    # the <= 10k candidate: the five-stage layout, narrow, with its 40-channel stage at 28x28 and its
+    # last at 14x14 (a stride late: more MACs at no parameters) (9,946 params)
     "micro14": ModelConfig(stem=16, stages=((24, 1, 1), (32, 2, 2), (40, 1, 2), (54, 2, 1)), flip_average=True),
-    # micro14 with one more stride later (its 32-channel stage at 56x56, the 40 at 28x28): the same
-    # 9,946 parameters for 1.7x the MACs, the student's compute rather than its size (issue 55)
-    "micro28": ModelConfig(stem=16, stages=((24, 1, 1), (32, 1, 2), (40, 2, 2), (54, 2, 1)), flip_average=True),
-    # between micro and phone: phone's layout, narrower
-    "mini": ModelConfig(stem=20, stages=((28, 1, 1), (40, 2, 2), (56, 2, 2), (88, 2, 1)), flip_average=True),
-    # mini with micro14's stride move (its 56-channel stage at 28x28, its last at 14x14): the shipped
-    # model (17,208 params, 25.20 M MACs)
+    # the shipped model: micro14's layout, wider (17,208 params, 25.20 M MACs)
     "mini14": ModelConfig(stem=20, stages=((28, 1, 1), (40, 2, 2), (56, 1, 2), (88, 2, 1)), flip_average=True),
-    # the <= 50k candidate: mini14 with its 14x14 stage at 96 channels and one more block at 7x7 of
-    # 224 channels, where a channel costs parameters but few MACs (40,896 params, 27.56 M MACs)
-    "mid": ModelConfig(stem=20, stages=((28, 1, 1), (40, 2, 2), (56, 1, 2), (96, 2, 1), (224, 2, 1)), flip_average=True),
-    # issue 43 item 3, width where it pays: mid's exact shape with its wide pointwise convs in 8
-    # groups and shuffled, at mini14's parameters (17,376 vs 17,208)
-    "mid-g8": ModelConfig(stem=20, stages=((28, 1, 1), (40, 2, 2), (56, 1, 2), (96, 2, 1), (224, 2, 1)),
-                          flip_average=True, pointwise_groups=8),
-    "base": ModelConfig(stem=16, stages=((32, 2, 1), (64, 2, 2), (160, 2, 2)), flip_average=True),
-    # the teacher (weights/teacher_large.pkl): wide only where the feature maps are small (14x14, 7x7),
+    # the teacher (weights/teacher_large*.pkl): wide only where the feature maps are small (14x14, 7x7),
     # where channels cost parameters but few MACs
     "large": ModelConfig(stem=16, stages=((32, 2, 1), (96, 2, 3), (256, 2, 3)), flip_average=True),
 }

@@ -57,7 +57,7 @@ def out_of_scope_rows(model, classes: list[str]) -> list[dict]:
 
 def config_name(config) -> str:
     def shape(c):
-        return c.stem, c.stages, c.input_size, c.pointwise_groups
+        return c.stem, c.stages, c.input_size
     same = [n for n, c in CONFIGS.items() if shape(c) == shape(config)]
     return same[0] if same else "custom"
 

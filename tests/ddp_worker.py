@@ -77,7 +77,7 @@ def main() -> None:
     noise = torch.randint(-60, 61, (n, 3, 36, 36), generator=data_gen)
     split = DecodedSplit((colours[labels] + noise).clamp(0, 255).to(torch.uint8), labels, ["a", "b", "c", "d"])
     args = SimpleNamespace(batch_size=cli.batch_size, lr=2e-3, warmup_epochs=0, crop_scale=1.0, erase_prob=0.0,
-                           mix_prob=0.0, label_smoothing=0.0, distill_weight=0.0, amp=False)
+                           label_smoothing=0.0, distill_weight=0.0, amp=False)
     results = {mode: train_steps(split, args, procs, cli.order_seed, mode == "frozen_bn")
                for mode in ("batch_stats", "frozen_bn")}
     if procs.main:

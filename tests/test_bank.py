@@ -79,7 +79,7 @@ def test_soft_targets_are_the_mean_of_the_teachers_softmax():
 
 
 def test_a_run_reads_the_bank_built_once_for_every_run(split_root, teachers, tmp_path, capsys):
-    common = ["--epochs", "2", "--teacher", *teachers, "--teacher-views", "3", "--mix-prob", "0.5", "--erase-prob", "0.5"]
+    common = ["--epochs", "2", "--teacher", *teachers, "--teacher-views", "3", "--erase-prob", "0.5"]
     first = run_train(split_root, tmp_path / "a", *common)
     banks = list((tmp_path / "cache").glob("bank-*.pt"))
     assert len(banks) == 1 and first["history"][-1]["train_loss"] > 0

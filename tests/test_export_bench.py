@@ -28,7 +28,7 @@ from conftest import litert_installed
 
 
 def test_profile_agrees_with_flopcounter_and_count_parameters():
-    model = build_model("small").eval()
+    model = build_model("micro14").eval()
     keys = list(model.state_dict())
     before = copy.deepcopy(model.state_dict())
     p = profile(model)

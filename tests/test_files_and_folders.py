@@ -71,8 +71,8 @@ def test_training_refuses_what_it_could_not_save_before_the_first_epoch(tmp_path
     assert "1 class folder(s) (angry...); a classifier here takes 2 to 1000" in capsys.readouterr().err
     assert not (tmp_path / "one" / "last.ckpt").exists()
     with pytest.raises(SystemExit):
-        dog_emotion.parse_args(["train", "--branches", "9"])
-    assert "9 is more than 8" in capsys.readouterr().err
+        dog_emotion.parse_args(["train", "--teacher-views", "2000"])
+    assert "2000 is more than 1024" in capsys.readouterr().err
 
 
 def test_predict_prints_a_file_name_that_is_not_utf8(split_root, tmp_path):
@@ -96,13 +96,13 @@ def test_the_run_log_describes_a_run_by_the_recipe_it_ran_not_the_file_as_it_is_
     from train import results
     recipe = tmp_path / "r.toml"
     recipe.write_text('model = "nano"\ninput_size = 32\nbatch_size = 8\nwarmup_epochs = 1\nepochs = 1\n')
-    dog_emotion.main(["train", "--data", str(split_root), "--config", str(recipe), "--branches", "1", "--threads", "1",
+    dog_emotion.main(["train", "--data", str(split_root), "--config", str(recipe), "--erase-prob", "0.5", "--threads", "1",
                       "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")])
-    recipe.write_text('model = "nano"\ninput_size = 32\nbatch_size = 8\nwarmup_epochs = 1\nepochs = 1\nbranches = 1\n')
+    recipe.write_text('model = "nano"\ninput_size = 32\nbatch_size = 8\nwarmup_epochs = 1\nepochs = 1\nerase_prob = 0.5\n')
     log = tmp_path / "runs.jsonl"
     results.main(["--log", str(log), "add", str(tmp_path / "run")])
     row = json.loads(log.read_text())
-    assert row["options"] == "--branches 1", "the edit came after the run: its --branches 1 was still an option"
+    assert row["options"] == "--erase-prob 0.5", "the edit came after the run: its --erase-prob 0.5 was still an option"
     recipe.unlink()
     results.main(["--log", str(log), "add", str(tmp_path / "run")])   # the file gone: the run still logs
     assert json.loads(log.read_text()) == row and row["recipe"].endswith("r.toml")

@@ -125,10 +125,10 @@ def test_other_architecture_and_tampered_files_are_refused(tmp_path):
     other = MobileCNN(ModelConfig(stem=8, stages=((8, 2, 1),)))
     save_weights(other, ["a", "b", "c", "d"], tmp_path / "other.pkl")
     with pytest.raises(CheckpointError, match="holds config"):
-        load_weights(tmp_path / "other.pkl", expect=build_model("small").config)
+        load_weights(tmp_path / "other.pkl", expect=build_model("micro14").config)
     # same arch name but the weights of a different network
     ckpt = torch.load(tmp_path / "other.pkl", weights_only=True)
-    ckpt["state_dict"] = build_model("small").state_dict()
+    ckpt["state_dict"] = build_model("micro14").state_dict()
     torch.save(ckpt, tmp_path / "mixed.pkl")
     with pytest.raises(CheckpointError, match="do not fit"):
         load_weights(tmp_path / "mixed.pkl")
@@ -209,15 +209,15 @@ def test_a_squash_model_fine_tuned_from_a_crop_model_keeps_its_framing_through_e
                           *(["--framing", framing] if framing else [])])
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["framing"] == (framing or "squash")
     with pytest.raises(SystemExit, match="--init .*crop/dog_emotion.pkl: holds .* this run builds"):
-        run_train(split_root, tmp_path / "other", "--epochs", "1", "--model", "micro", "--init", str(crop / "dog_emotion.pkl"))
+        run_train(split_root, tmp_path / "other", "--epochs", "1", "--model", "micro14", "--init", str(crop / "dog_emotion.pkl"))
 
 
-def test_distillation_mixing_and_strong_augmentation_run(split_root, tmp_path):
+def test_distillation_and_strong_augmentation_run(split_root, tmp_path):
     run_train(split_root, tmp_path / "teacher", "--epochs", "1")
     teacher = str(tmp_path / "teacher" / "dog_emotion.pkl")
-    student = run_train(split_root, tmp_path / "student", "--epochs", "1", "--teacher", teacher, "--mix-prob", "1.0",
-                        "--crop-scale", "0.25", "--erase-prob", "0.5", "--branches", "1")
-    # trained with branches, shipped folded: the inference count, not the training one
+    student = run_train(split_root, tmp_path / "student", "--epochs", "1", "--teacher", teacher, "--distill-loss", "dist",
+                        "--crop-scale", "0.25", "--erase-prob", "0.5")
+    # trained with BatchNorm, shipped folded: the inference count, not the training one
     model, ckpt = load_weights(tmp_path / "student" / "dog_emotion.pkl")
     assert model.config.folded and student["params"] == count_parameters(model) < student["train_params"]
     # a teacher at 32 px teaches a 48 px student on its own resize of the same view
@@ -299,24 +299,10 @@ def test_wilson_interval_matches_hand_computed_values():
     assert lo == 0 and 0 < hi < 35
 
 
-def test_mix_batch_targets_are_distributions():
-    from train.data import mix_batch
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
-    one_hot = torch.nn.functional.one_hot(y, 4).float()
-    for _ in range(6):
-        mixed, target, (lam, perm) = mix_batch(x, y, 4, g, prob=1.0)
-        assert mixed.shape == x.shape and torch.allclose(target.sum(1), torch.ones(8))
-        assert (target >= 0).all()
-        assert torch.allclose(target, lam * one_hot + (1 - lam) * one_hot[perm])   # the mix it reports
-    same, target, mix = mix_batch(x, y, 4, g, prob=0.0)
-    assert torch.equal(same, x) and torch.equal(target.argmax(1), y) and mix is None
-
-
 def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path):
     from train import results
-    run_train(split_root, tmp_path / "s0", "--epochs", "2", "--seed", "0", "--branches", "1")
-    run_train(split_root, tmp_path / "s1", "--epochs", "2", "--seed", "1", "--branches", "1")
+    run_train(split_root, tmp_path / "s0", "--epochs", "2", "--seed", "0", "--erase-prob", "0.5")
+    run_train(split_root, tmp_path / "s1", "--epochs", "2", "--seed", "1", "--erase-prob", "0.5")
     log = tmp_path / "runs.jsonl"
     results.main(["--log", str(log), "add", str(tmp_path / "s0"), str(tmp_path / "s1"), "--note", "two seeds"])
     results.main(["--log", str(log), "add", str(tmp_path / "s1"), "--read-test", str(split_root)])  # replaced, not doubled
@@ -324,7 +310,7 @@ def test_the_run_log_renders_one_size_table_row_per_recipe(split_root, tmp_path)
     assert rows[1]["test"] == json.loads((tmp_path / "s1" / "metrics.json").read_text())["test_acc"]  # read again, the same
     finals = [json.loads((tmp_path / s / "metrics.json").read_text())["final_val_acc"] for s in ("s0", "s1")]
     assert [r["run"] for r in rows] == ["s0", "s1"] and [r["final_val"] for r in rows] == finals
-    assert rows[0]["options"].startswith("--batch-size 8 --branches 1") and rows[0]["macs"] > 0
+    assert rows[0]["options"].startswith("--batch-size 8 --epochs 2 --erase-prob 0.5") and rows[0]["macs"] > 0
     page, figure = tmp_path / "results.md", tmp_path / "frontier.png"
     page.write_text("# R\n<!-- generated: size-table -->\nold\n<!-- end: size-table -->\ntext kept\n")
     results.render(log, page, figure, tmp_path / "runs.md")

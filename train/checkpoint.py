@@ -2,9 +2,8 @@
 
 A weights file is `torch.save` of a plain dict of tensors, strings, numbers and lists:
 {"format", "arch", "config", "classes", "params", "state_dict", "preprocess", "metrics"}.
-Format 2 (`config["folded"]`) stores the inference form (BatchNorm and re-parameterization
-branches folded into the convolutions, `mobile_model.fold`); format 1 files hold the training
-form and still load. `load_weights` always returns the inference form. Only `torch.load(..., weights_only=True)` ever reads it, so a file that needs arbitrary objects
+Format 2 (`config["folded"]`) stores the inference form (BatchNorm folded into the
+convolutions, `mobile_model.fold`); format 1 files hold the training form and still load. `load_weights` always returns the inference form. Only `torch.load(..., weights_only=True)` ever reads it, so a file that needs arbitrary objects
 unpickled is refused instead of executed.
 """
 from __future__ import annotations
@@ -152,8 +151,7 @@ def checked_config(path, ckpt: dict) -> ModelConfig:
     """The stored config, with every field of the type and range a model here can have, and its size
     counted on the meta device before anything is allocated."""
     d = ckpt["config"]
-    ints = {"stem": (1, 4096), "input_size": (32, 1024), "num_classes": (2, 1000), "branches": (0, 8),
-            "pointwise_groups": (1, 64)}
+    ints = {"stem": (1, 4096), "input_size": (32, 1024), "num_classes": (2, 1000)}
     try:
         if not isinstance(d, dict):
             raise ValueError("not a table of fields")
@@ -164,6 +162,8 @@ def checked_config(path, ckpt: dict) -> ModelConfig:
         if not (isinstance(stages, list) and stages and all(
                 isinstance(s, list) and len(s) == 3 and all(type(v) is int and 1 <= v <= 4096 for v in s) for s in stages)):
             raise ValueError(f"stages = {stages!r:.80} is not a list of [channels, stride, blocks] integers")
+        if d.get("pointwise_groups", 1) != 1 or (d.get("branches") and not d.get("folded")):
+            raise ValueError("grouped pointwise convs or unfolded re-parameterization branches (retired forms)")
         if "framing" in d and d["framing"] not in FRAMINGS:
             raise ValueError(f"framing = {d['framing']!r:.40} is not one of {', '.join(FRAMINGS)}")
         if "dropout" in d and not (isinstance(d["dropout"], float) and 0 <= d["dropout"] < 1):
@@ -172,7 +172,7 @@ def checked_config(path, ckpt: dict) -> ModelConfig:
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: config is not one this code can build ({e})") from None
     with torch.device("meta"):
-        n = count_parameters(MobileCNN(replace(config, folded=False, branches=0)))
+        n = count_parameters(MobileCNN(replace(config, folded=False)))
     if n > MAX_PARAMETERS:
         raise CheckpointError(f"{path}: config describes {n:,} parameters, over the {MAX_PARAMETERS:,} of any model here")
     return config

@@ -566,28 +566,3 @@ def iterate_batches(n: int, batch_size: int, gen: torch.Generator | None = None,
     stop = n - n % step if (drop_last or world > 1) and n >= step else n
     for i in range(0, stop, step):
         yield order[i + rank * batch_size:i + (rank + 1) * batch_size]
-
-
-def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Generator, prob: float):
-    """With probability `prob`, MixUp or CutMix (half each) the batch with a shuffled copy of itself.
-
-    Returns the images, soft targets (B, num_classes) and the mix: (lam, perm), image i being lam of
-    itself and 1 - lam of image perm[i], or None. The mixing weight is uniform, i.e. Beta(1, 1) as
-    in the CutMix paper; for CutMix it is corrected to the pasted box's true area.
-    """
-    target = F.one_hot(y, num_classes).float()
-    if prob <= 0 or torch.rand(1, generator=gen).item() >= prob:
-        return x, target, None
-    lam = torch.rand(1, generator=gen).item()
-    perm = torch.randperm(len(y), generator=gen)
-    if torch.rand(1, generator=gen).item() < 0.5:
-        x = lam * x + (1 - lam) * x[perm]
-    else:
-        h, w = x.shape[-2:]
-        bh, bw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-        top = int(torch.randint(0, h - bh + 1, (1,), generator=gen))
-        left = int(torch.randint(0, w - bw + 1, (1,), generator=gen))
-        x = x.clone()
-        x[..., top:top + bh, left:left + bw] = x[perm][..., top:top + bh, left:left + bw]
-        lam = 1 - bh * bw / (h * w)
-    return x, lam * target + (1 - lam) * target[perm], (lam, perm)

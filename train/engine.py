@@ -25,7 +25,7 @@ from train.checkpoint import CheckpointError, load_weights, safe_load, save_weig
 from train.common import (accuracy, exclusive, keep_freed_memory, markdown_table, percent, progress, save_json, save_text, save_torch, seed_everything,
                           set_threads)
 from train.teacher_bank import bank_for_run
-from train.data import DataError, augment_batch, iterate_batches, load_splits, mix_batch, render_views, storage_size
+from train.data import DataError, augment_batch, iterate_batches, load_splits, render_views, storage_size
 from train.distributed import Processes, gather, main_rank_first, setup, sum_over_ranks
 from train.plots import plot_confusion, plot_curves
 from train.scoring import evaluate
@@ -72,15 +72,6 @@ def channels_last_layout(device: torch.device, args) -> bool:
     """Whether to keep weights and activations channels-last: on the CPU, where it makes an epoch
     faster (docs/training.md has the measurement); not on GPUs, whose depthwise kernels it can slow."""
     return device.type == "cpu" and not args.no_channels_last
-
-
-def channels_last_trainable(model: torch.nn.Module) -> bool:
-    """Whether a model may train channels-last. Not when a strided 1x1 conv reads fewer channels per
-    group than oneDNN's input block (8 with AVX2, 16 with AVX-512): its x64 kernel for that conv's
-    weight gradient in channels-last writes past its workspace (oneDNN issue 6035: wrong gradients,
-    hangs or crashes; a stem re-parameterization branch over RGB died here with a double free)."""
-    return not any(m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels // m.groups < 16
-                   for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def layout_name(channels_last: bool) -> str:
@@ -145,17 +136,13 @@ def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_s
         else:
             pick = bank.pick(idx, aug_gen)
             x = render_views(split.images[idx], bank.views[idx, pick], size)
-        x, target, mixed = mix_batch(x, split.labels[idx], len(split.classes), aug_gen, args.mix_prob)
-        if bank is not None:   # a mixed image's soft target: the same mix of its two photos' stored targets
-            probs = bank.probs(idx, pick, args.distill_temperature)
-            soft = (probs if mixed is None else mixed[0] * probs + (1 - mixed[0]) * probs[mixed[1]]).clamp_min(1e-8).log()
-        x, target = x.to(device, memory_format=memory_format), target.to(device)  # augmentation stays on the CPU
-        y = target.argmax(1)  # the dominant label, for the running train accuracy
+        x, y = x.to(device, memory_format=memory_format), split.labels[idx].to(device)  # augmentation stays on the CPU
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             logits = model(x)
-            loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
             if teachers or bank is not None:
-                soft = teacher_log_probs(teachers, x, args.distill_temperature) if bank is None else soft.to(device)
+                soft = (teacher_log_probs(teachers, x, args.distill_temperature) if bank is None else
+                        bank.probs(idx, pick, args.distill_temperature).clamp_min(1e-8).log().to(device))
                 loss = (1 - args.distill_weight) * loss + args.distill_weight * distillation_loss(
                     logits, soft, args.distill_temperature, args.distill_loss)
         optimizer.zero_grad(set_to_none=True)
@@ -205,9 +192,7 @@ class Run:
 
 def run_config(args):
     config = replace(get_config(args.model, args.input_size), framing=args.framing)
-    if args.no_flip_average:
-        config = replace(config, flip_average=False)
-    return replace(config, branches=args.branches) if args.branches else config
+    return replace(config, flip_average=False) if args.no_flip_average else config
 
 
 def load_data(args, config, procs: Processes, out: Path, log) -> dict:
@@ -273,7 +258,6 @@ def load_teachers(args, classes: list[str], device: torch.device, log) -> list:
             f"val {percent(tckpt['metrics'].get('val_acc'))})")
         if args.teacher_no_flip:
             teacher.config = replace(teacher.config, flip_average=False)
-        # forward only: channels_last_trainable's fault (a weight gradient) cannot hit a teacher
         teachers.append(teacher.to(device, memory_format=torch.channels_last if channels_last
                                    else torch.preserve_format))
     return teachers
@@ -286,7 +270,7 @@ def initial_model(args, config, classes: list[str]) -> torch.nn.Module:
     if not args.init:
         return build_model(config)
     model, ckpt = load_weights(args.init)
-    want = replace(config, folded=True, branches=0)
+    want = replace(config, folded=True)
     if replace(model.config, framing=config.framing) != want or ckpt["classes"] != classes:
         raise CheckpointError(f"--init {args.init}: holds {ckpt['classes']} with {model.config}; this run builds "
                               f"{classes} with {want} (--model and the data must match the file)")
@@ -298,7 +282,7 @@ def build_run(args, config, procs: Processes, classes: list[str]) -> Run:
     order_gen = seed_everything(args.seed)  # the same on every rank: same init, same batch order
     aug_gen = torch.Generator().manual_seed(augmentation_seed(args.seed, procs.rank))
     model = initial_model(args, config, classes).to(procs.device)
-    channels_last = channels_last_layout(procs.device, args) and channels_last_trainable(model)
+    channels_last = channels_last_layout(procs.device, args)
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ema = EMA(model, args.ema_decay)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)

@@ -139,7 +139,6 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--init", default="",
                    help="start from the weights of this .pkl (same --model; its inference form, BatchNorm folded) "
                         "instead of a random init: fine-tuning (default: none)")
-    t.add_argument("--branches", type=at_least(0, 8), default=0, help="extra parallel conv branches per conv while training, folded away for inference (default: %(default)s)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
     t.add_argument("--epochs", type=at_least(1, MAX_EPOCHS), default=300, help="training epochs (default: %(default)s)")
     t.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH, help="batch size; halved for a data set "
@@ -149,7 +148,6 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--label-smoothing", type=real(0, 1, high_open=True), default=0.1, help="label smoothing (default: %(default)s)")
     t.add_argument("--crop-scale", type=fraction, default=0.25, help="smallest area share of a random crop (default: %(default)s)")
     t.add_argument("--erase-prob", type=fraction, default=0.25, help="share of images with one random box erased (default: %(default)s)")
-    t.add_argument("--mix-prob", type=fraction, default=0.0, help="share of batches mixed with MixUp or CutMix (default: %(default)s)")
     t.add_argument("--warmup-epochs", type=at_least(0), default=5, help="linear warm-up epochs before cosine decay (default: %(default)s)")
     t.add_argument("--ema-decay", type=real(0, 1, high_open=True), default=0.998, help="EMA decay per step of the evaluated weights (default: %(default)s)")
     t.add_argument("--teacher", nargs="*", default=list(SHIPPED_TEACHER),
@@ -221,7 +219,7 @@ def recipe_record(config: str) -> dict:
 
 def recipe_overrides(run_args: dict, recorded: dict) -> str:
     """What a run changed on the command line against its recipe (seed aside), as the command line
-    spells it: e.g. '--branches 1 --teacher-no-flip'. `recorded`: the recipe as the run saw it
+    spells it: e.g. '--epochs 60 --teacher-no-flip'. `recorded`: the recipe as the run saw it
     (recipe_record)."""
     base = recorded["values"]
     diffs = {k: v for k, v in result_options(run_args).items()
