@@ -68,11 +68,12 @@ train: $(STAMP) data ## train the shipped model (`mini14`, 300 epochs on train +
 train-quick: $(STAMP) data ## RECIPE for 30 epochs on both cores, for trying things -> artifacts/train-quick/
 	$(TRAIN) $(RECIPE_ARGS) --epochs 30 --threads 0 --out artifacts/train-quick $(ARGS)
 
-# Several processes (torchrun, DDP; gloo on CPUs, NCCL on GPUs): the same 64 images per step,
-# 64/NPROC per process, one thread each. docs/scale-out.md has the multi-GPU and multi-machine flags.
+# Several processes (torchrun, DDP; gloo on CPUs, NCCL on GPUs): the recipe's images per step
+# (--batch-size) split over NPROC processes, one thread each. docs/scale-out.md has the multi-GPU and
+# multi-machine flags.
 train-ddp: $(STAMP) data ## RECIPE as NPROC (default 2) DDP processes via torchrun -> artifacts/train-ddp/
 	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m train.dog_emotion train --data $(DATA) \
-		$(RECIPE_ARGS) --batch-size $$((64 / $(NPROC))) --threads 1 --out artifacts/train-ddp $(ARGS)
+		$(RECIPE_ARGS) --threads 1 --out artifacts/train-ddp $(ARGS)
 
 # nanochat's speedrun: the whole chain behind weights/dog_emotion.pkl from the data alone, each step
 # skipped when its output is complete and stopped runs resumed (train/reproduce.py has the table).
@@ -93,10 +94,9 @@ artifacts/runs/%/dog_emotion.pkl: | $(STAMP) data
 	$(TRAIN) --config $$recipe $${seed:+--seed $$seed} --threads 1 --no-test --out artifacts/runs/$* \
 		$(if $(wildcard artifacts/runs/$*/last.ckpt),--resume) $(ARGS) >> artifacts/runs/$*.log 2>&1 || { tail -n 20 artifacts/runs/$*.log; exit 1; }
 	@grep "^kept the" artifacts/runs/$*.log | tail -n 1
-# The teacher ensemble: the teacher's recipe (make teacher) with two more seeds, and at 128 px.
-ENSEMBLE := large-s1 large-s2 teacher-large128
-teachers: $(STAMP) data ## the teacher ensemble's three new members from scratch, two at a time, one thread each (resumable) -> artifacts/runs/large-s1, large-s2, teacher-large128/
-	$(MAKE) -j2 $(foreach t,$(ENSEMBLE),artifacts/runs/$(t)/dog_emotion.pkl)
+# The teacher ensemble past `make teacher` (seed 0), as train.recipes.SHIPPED_TEACHERS names it.
+teachers: $(STAMP) data ## the teacher ensemble's other three members from scratch, two at a time, one thread each (resumable) -> artifacts/runs/large-s1, large-s2, teacher-large128-s3/
+	$(MAKE) -j2 $$($(PY) -c 'from train.recipes import SHIPPED_TEACHERS as t; print(*(f"artifacts/runs/{r.name}/dog_emotion.pkl" for r in t[1:]))')
 
 results: $(STAMP) ## docs/results.md's size and run tables and docs/frontier.png, from the run log docs/runs.jsonl
 	$(PY) -m train.results render
@@ -127,8 +127,10 @@ model-card: $(STAMP) ## copy artifacts/export/MODEL_CARD.md to the project's MOD
 	$(PY) -m export.model_card
 
 # The shipped weights learnt val, so their temperature is fitted on the val logits of a sibling: the
-# shipped recipe trained on train only (recipes/mini14-bank.toml seed 0, trained here if missing).
-SIBLING ?= artifacts/runs/mini14-bank-s0/dog_emotion.pkl
+# shipped recipe trained on train only: what `make train` writes (trained here if missing).
+SIBLING ?= artifacts/train/dog_emotion.pkl
+artifacts/train/dog_emotion.pkl:
+	$(MAKE) train
 temperature: $(STAMP) data $(SIBLING) ## record in WEIGHTS the temperature fitted on val with SIBLING's logits (make export folds it)
 	$(PY) -m export.calibration --weights $(WEIGHTS) --sibling $(SIBLING) --data $(DATA)
 

@@ -1,7 +1,7 @@
 """Epoch time of a training recipe (the shipped one unless told) laid out three ways on this
 machine's cores, side by side: 1 process x 1 thread (how the recipes' search runs ran, two side by
 side), 1 process x 2 threads (how `make train` runs here), and 2 processes x 1 thread (DDP via
-torchrun, half the batch each, as `make train-ddp`: the same 64 images per step in all three).
+torchrun, half the batch each, as `make train-ddp`: the same images per step in all three).
 
 Every layout is started the same way (torchrun; with one process it is a plain run) and reads its
 epoch times from the run's own checkpoint history: the training pass plus rank 0's val evaluation.
@@ -49,7 +49,7 @@ def time_layout(recipe: str, processes: int, threads: int, data: str, epochs: in
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                "-m", "train.dog_emotion", "train", *(QUICK if quick else recipe_argv(recipe)),
                "--data", str(Path(data).resolve()),
-               "--batch-size", str(BATCH // processes), "--threads", str(threads), "--epochs", str(epochs),
+               "--batch-size", str(BATCH), "--threads", str(threads), "--epochs", str(epochs),
                "--stop-after", str(epochs), "--out", out]
         done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(threads)})

@@ -147,7 +147,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS), help="weights to record the temperature in (default: %(default)s)")
     ap.add_argument("--sibling", required=True, help="weights of the same recipe trained on train only, e.g. "
-                    "artifacts/runs/mini14-bank-s0/dog_emotion.pkl: its val logits are held out")
+                    "artifacts/train/dog_emotion.pkl of `make train`: its val logits are held out")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="split root whose val/ the sibling never saw (default: %(default)s)")
     args = ap.parse_args(argv)
     with command_errors():

@@ -53,7 +53,7 @@ def train_steps(split, args, procs, order_seed: int, frozen_bn: bool) -> dict:
     optimizer.step = step_and_compare
     gens = (torch.Generator().manual_seed(order_seed),
             torch.Generator().manual_seed(engine.augmentation_seed(0, procs.rank)))
-    total = len(split) // (args.batch_size * procs.world)
+    total = len(split) // args.batch_size
     _, steps = engine.train_one_epoch(net, ema, optimizer, split, args, gens, 0, total, 1, (), procs)
     return {"identical_after_each_step": identical, "steps": steps, "grads": grads, "init": init,
             "params": {k: v.detach() for k, v in model.named_parameters()}}
@@ -76,7 +76,7 @@ def main() -> None:
     colours = torch.tensor([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]]).view(4, 3, 1, 1)
     noise = torch.randint(-60, 61, (n, 3, 36, 36), generator=data_gen)
     split = DecodedSplit((colours[labels] + noise).clamp(0, 255).to(torch.uint8), labels, ["a", "b", "c", "d"])
-    args = SimpleNamespace(batch_size=cli.batch_size, lr=2e-3, warmup_epochs=0, crop_scale=1.0, erase_prob=0.0,
+    args = SimpleNamespace(batch_size=cli.batch_size * procs.world, lr=2e-3, warmup_epochs=0, crop_scale=1.0, erase_prob=0.0,
                            label_smoothing=0.0, distill_weight=0.0, amp=False)
     results = {mode: train_steps(split, args, procs, cli.order_seed, mode == "frozen_bn")
                for mode in ("batch_stats", "frozen_bn")}

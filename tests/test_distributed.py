@@ -31,7 +31,7 @@ def test_two_processes_write_what_one_writes_and_resume_exactly(tmp_path):
     root = write_split_root(tmp_path / "d", per_class=6)  # 24 train images: 3 steps of 2 x 4
     common = ["--data", str(root), "--cache-dir", str(tmp_path / "cache"), *TINY]
     dog_emotion.main(["train", *common, "--batch-size", "8", "--out", str(tmp_path / "one")])
-    run_train(2, *common, "--batch-size", "4", "--out", str(tmp_path / "two"))
+    run_train(2, *common, "--batch-size", "8", "--out", str(tmp_path / "two"))   # the same 8 a step, 4 a process
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
     ckpt = torch.load(tmp_path / "two" / "last.ckpt", weights_only=True)
     assert ckpt["processes"] == 2 and len(ckpt["rank_states"]) == 2 and ckpt["step"] == 9
@@ -40,15 +40,15 @@ def test_two_processes_write_what_one_writes_and_resume_exactly(tmp_path):
 
     # stopped after epoch 1 and resumed: bit-identical to the uninterrupted run (every rank's
     # augmentation generator and RNG state is restored, not just rank 0's)
-    run_train(2, *common, "--batch-size", "4", "--out", str(tmp_path / "resumed"), "--stop-after", "1")
+    run_train(2, *common, "--batch-size", "8", "--out", str(tmp_path / "resumed"), "--stop-after", "1")
     assert not (tmp_path / "resumed" / "dog_emotion.pkl").exists()
-    run_train(2, *common, "--batch-size", "4", "--out", str(tmp_path / "resumed"), "--resume")
+    run_train(2, *common, "--batch-size", "8", "--out", str(tmp_path / "resumed"), "--resume")
     straight = torch.load(tmp_path / "two" / "last.ckpt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=True)
     for k in ("model", "ema"):
         assert all(torch.equal(straight[k][n], resumed[k][n]) for n in straight[k])
     with pytest.raises(SystemExit, match="written by a run of 2 processes; resume it with as many"):
-        dog_emotion.main(["train", *common, "--batch-size", "4", "--out", str(tmp_path / "resumed"), "--resume"])
+        dog_emotion.main(["train", *common, "--batch-size", "8", "--out", str(tmp_path / "resumed"), "--resume"])
 
 
 def test_an_error_on_rank_0_alone_ends_the_job_with_its_message(tmp_path):

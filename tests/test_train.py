@@ -338,7 +338,7 @@ def test_a_logged_runs_values_are_its_recipes_with_its_options_applied():
     from train.recipes import recipe_record, run_values
     values = recipe_record("")["values"]
     assert run_values({"recipe_values": values, "options": ""}) == values
-    changed = run_values({"recipe_values": values, "options": "--train-on train --epochs 5 --teacher"})
-    assert changed == {**values, "train_on": "train", "epochs": 5, "teacher": []}
+    changed = run_values({"recipe_values": values, "options": "--train-on train+val --epochs 5 --teacher"})
+    assert changed == {**values, "train_on": "train+val", "epochs": 5, "teacher": []}
     assert run_values({"recipe_values": values, "options": "make train (2 threads)"}) is None   # early rows: words
     assert run_values({"recipe_values": values, "options": "--model nope"}) is None

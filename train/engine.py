@@ -124,8 +124,8 @@ def train_one_epoch(model, ema, optimizer, split, args, gens, step: int, total_s
     device = next(model.parameters()).device
     size = ema.model.config.input_size
     loss_sum = correct = seen = 0
-    steps_per_epoch = len(split) // (args.batch_size * procs.world)
-    bar = progress(iterate_batches(len(split), args.batch_size, order_gen, True, procs.rank, procs.world),
+    steps_per_epoch = len(split) // args.batch_size   # --batch-size: images per step over every process
+    bar = progress(iterate_batches(len(split), args.batch_size // procs.world, order_gen, True, procs.rank, procs.world),
                    enabled=procs.main, total=steps_per_epoch, desc=f"epoch {epoch}", unit="batch")
     for idx in bar:
         lr = lr_at(step, total_steps, args.warmup_epochs * steps_per_epoch, args.lr)
@@ -216,16 +216,20 @@ def load_data(args, config, procs: Processes, out: Path, log) -> dict:
 
 
 def fit_batch(args, n_train: int, world: int, log) -> None:
-    """A data set smaller than one batch: with the default batch, the batch halves until an epoch
-    holds four steps (so a user's 20 photos a class train with the defaults), and says so; a batch
-    the user chose stays theirs, and the error names the one that fits."""
-    if n_train >= args.batch_size * world:
+    """--batch-size is the images of one step over all `world` processes, so a recipe means the
+    same with any number: it must split evenly. A data set smaller than one batch: with the default
+    batch, the batch halves until an epoch holds four steps (so a user's 20 photos a class train
+    with the defaults), and says so; a batch the user chose stays theirs, and the error names the
+    one that fits."""
+    if args.batch_size % world:
+        raise DataError(f"--batch-size {args.batch_size} (images per step over all processes) does not split "
+                        f"evenly over {world} processes: pass a multiple of {world}")
+    if n_train >= args.batch_size:
         return
-    fitting = max(1, n_train // (4 * world))
+    fitting = max(world, n_train // 4 // world * world)
     if args.batch_size != DEFAULT_BATCH or world > 1:
-        raise DataError(f"train split has {n_train} images, fewer than one batch of {args.batch_size * world}"
-                        + (f" ({args.batch_size} per process x {world})" if world > 1 else "")
-                        + f": pass --batch-size {fitting} (ARGS='--batch-size N' with make)")
+        raise DataError(f"train split has {n_train} images, fewer than one batch of {args.batch_size}"
+                        f": pass --batch-size {fitting} (ARGS='--batch-size N' with make)")
     batch = args.batch_size
     while batch > 1 and 4 * batch > n_train:
         batch //= 2
@@ -429,8 +433,7 @@ def train_job(args) -> dict:
             bank, teachers = bank_for_run(args, data, [t.cpu() for t in teachers], log), []
     fit_batch(args, len(data["train"]), procs.world, log)
     run = build_run(args, config, procs, classes)
-    global_batch = args.batch_size * procs.world
-    steps_per_epoch = len(data["train"]) // global_batch
+    steps_per_epoch = len(data["train"]) // args.batch_size
     if args.resume:
         restore(run, out / "last.ckpt", args, procs, data)
         log(f"resumed from {out / 'last.ckpt'} at epoch {run.epoch + 1}")
@@ -438,7 +441,7 @@ def train_job(args) -> dict:
         f"{inference_parameters(run.model):,} folded for inference  input={config.input_size}px  "
         f"epochs={args.epochs}  threads={torch.get_num_threads()}  device={procs.device}  "
         f"layout={layout_name(run.channels_last)}")
-    log(f"batch: {global_batch} per step" + (f" = {args.batch_size} per process x {procs.world} processes; "
+    log(f"batch: {args.batch_size} per step" + (f" = {args.batch_size // procs.world} per process x {procs.world} processes; "
                                               f"lr {args.lr:g} as given (not scaled with the batch)" if procs.world > 1 else ""))
     if procs.main:
         save_text(recipe_text(vars(args)), out / "args.toml")  # the resolved options, loadable with --config
@@ -491,7 +494,7 @@ def finish(out: Path, run: Run, data: dict, args, processes: int = 1) -> dict:
         "test_acc": test.get("acc"), "train_acc_eval": results["train"]["acc"],
         "per_class_test": test.get("per_class"), "confusion_test": test.get("confusion"),
         "train_minutes": sum(h["seconds"] for h in run.history) / 60,
-        "processes": processes, "batch_per_step": args.batch_size * processes,
+        "processes": processes, "batch_per_step": args.batch_size,
         "args": vars(args), "history": run.history,
     }
     save_weights(model, classes, out / "dog_emotion.pkl",

@@ -13,17 +13,39 @@ import argparse
 import json
 import shlex
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from mobile_model import CONFIGS, SHIPPED
 from train.common import ARTIFACTS, ProjectError, at_least, device_name, fraction, real
 from train.data import DEFAULT_DATA, FRAMINGS
 
-# the shipped model's teachers, the default --teacher: the four `large` trained from scratch
-# (recipes/large.toml seeds 0, 1, 2 and recipes/teacher-large128.toml), read from a bank of
-# SHIPPED_TEACHER_VIEWS recorded views of every photo (train/teacher_bank.py)
-SHIPPED_TEACHER = ("weights/teacher_large.pkl", "weights/teacher_large_s1.pkl", "weights/teacher_large_s2.pkl",
-                   "weights/teacher_large128.pkl")
+
+
+@dataclass(frozen=True)
+class TeacherRun:
+    """One teacher of the shipped model: the recipe and seed it trains from scratch with, and the file it ships as."""
+    recipe: str      # recipes/<recipe>.toml
+    seed: int
+    weights: str
+
+    @property
+    def name(self) -> str:
+        """Its run folder: `make artifacts/runs/<name>/dog_emotion.pkl` trains it, as `make reproduce` does."""
+        return f"{self.recipe}-s{self.seed}"
+
+
+# The shipped model's teachers, named once (the default --teacher, `make teachers`, `make reproduce`):
+# the four `large` trained from scratch, read from a bank of SHIPPED_TEACHER_VIEWS recorded views of
+# every photo (train/teacher_bank.py)
+SHIPPED_TEACHERS = (TeacherRun("large", 0, "weights/teacher_large.pkl"),
+                    TeacherRun("large", 1, "weights/teacher_large_s1.pkl"),
+                    TeacherRun("large", 2, "weights/teacher_large_s2.pkl"),
+                    TeacherRun("teacher-large128", 3, "weights/teacher_large128.pkl"))
+SHIPPED_TEACHER = tuple(t.weights for t in SHIPPED_TEACHERS)
+# The shipped file is the defaults with these options: its recipe was fixed on val in advance, so its
+# final run also learns from val (and its temperature is fitted on a train-only sibling's val logits)
+SHIP_RUN_OPTIONS = ("--train-on", "train+val")
 SHIPPED_TEACHER_VIEWS = 32
 DEFAULT_BATCH = 64   # images per step; a data set smaller than one batch gets a smaller one (engine.fit_batch)
 
@@ -141,8 +163,8 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "instead of a random init: fine-tuning (default: none)")
     t.add_argument("--no-flip-average", action="store_true", help="evaluate without the built-in mirror-image averaging (teachers: half the cost)")
     t.add_argument("--epochs", type=at_least(1, MAX_EPOCHS), default=300, help="training epochs (default: %(default)s)")
-    t.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH, help="batch size; halved for a data set "
-                   "smaller than one batch (default: %(default)s)")
+    t.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH, help="images per step, over all processes "
+                   "of a DDP run; halved for a data set smaller than one batch (default: %(default)s)")
     t.add_argument("--lr", type=real(0, 10, low_open=True), default=4e-3, help="peak AdamW learning rate (default: %(default)s)")
     t.add_argument("--weight-decay", type=real(0, 10), default=0.05, help="AdamW weight decay on conv/linear weights (default: %(default)s)")
     t.add_argument("--label-smoothing", type=real(0, 1, high_open=True), default=0.1, help="label smoothing (default: %(default)s)")
@@ -175,8 +197,9 @@ def add_train_options(t: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", default=str(ARTIFACTS / "cache"), help="decoded-image cache folder (default: %(default)s)")
     t.add_argument("--keep", default="final", choices=("final", "best"),
                    help="weights kept as dog_emotion.pkl: the EMA at the last epoch, or at the best-val epoch (default: %(default)s)")
-    t.add_argument("--train-on", default="train+val", choices=("train", "train+val"),
-                   help="splits that train; train+val for a final model whose epoch val does not pick (default: %(default)s)")
+    t.add_argument("--train-on", default="train", choices=("train", "train+val"),
+                   help="splits that train: train (val held out, its accuracy honest), or train+val for a final model "
+                        "whose recipe val already chose, as the shipped file was (default: %(default)s)")
     t.add_argument("--no-test", action="store_true", help="do not evaluate the test split at the end (search runs: "
                                                           "test is read once per final candidate)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.ckpt")

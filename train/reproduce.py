@@ -26,15 +26,10 @@ import torch
 
 from train.common import ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, at_least, command_errors, markdown_table
 from train.data import DEFAULT_DATA, DataError, check_data_root
+from train.recipes import SHIP_RUN_OPTIONS, SHIPPED_TEACHERS
 from train.runlog import mean_sd, read_log
 from train.scoring import test_accuracy
 
-TEACHER_RUNS = {   # the four `large` whose bank the shipped recipe distils from (train.recipes.SHIPPED_TEACHER)
-    "large-s0": ["--config", "recipes/large.toml", "--seed", "0"],
-    "large-s1": ["--config", "recipes/large.toml", "--seed", "1"],
-    "large-s2": ["--config", "recipes/large.toml", "--seed", "2"],
-    "large128": ["--config", "recipes/teacher-large128.toml"],
-}
 STUDENT_SEEDS = (0, 1, 2)   # the shipped recipe's seeds: seed 0 ships (declared in advance), 1 and 2 give the spread
 
 
@@ -79,15 +74,16 @@ def steps(data: str, out: Path, smoke: bool = False) -> list[Step]:
     """The chain. Names are the run folders under <out>/runs; `logged_as` is the run log's row of
     the same recipe (its minutes, one thread, two side by side, are the estimate)."""
     runs, d, extra = out / "runs", ["--data", data], SMOKE_TRAIN if smoke else []
-    chain = [train_step(name, out, [*d, *options], [], "teacher-large128" if name == "large128" else "teacher-large-s1", extra)
-             for name, options in TEACHER_RUNS.items()]
-    teachers = ["--teacher", *(str(runs / name / "dog_emotion.pkl") for name in TEACHER_RUNS)]
+    chain = [train_step(t.name, out, [*d, "--config", f"recipes/{t.recipe}.toml", "--seed", str(t.seed)], [],
+                        "teacher-large-s1" if t.recipe == "large" else t.recipe, extra) for t in SHIPPED_TEACHERS]
+    teachers = ["--teacher", *(str(runs / t.name / "dog_emotion.pkl") for t in SHIPPED_TEACHERS)]
     # the bank once, on both cores, before the students that read it start side by side
     chain.append(Step("bank", ["train.bank", *d, *teachers, "--cache-dir", str(out / "cache"), "--threads", "0", *extra],
-                      out / "cache", list(TEACHER_RUNS), complete=has_bank))
-    chain += [train_step(f"student-s{s}", out, [*d, *teachers, "--seed", str(s)], ["bank"], f"mini14-bank-tv-s{s}", extra)
+                      out / "cache", [t.name for t in SHIPPED_TEACHERS], complete=has_bank))
+    chain += [train_step(f"student-s{s}", out, [*d, *teachers, *SHIP_RUN_OPTIONS, "--seed", str(s)], ["bank"],
+                         f"mini14-bank-tv-s{s}", extra)
               for s in STUDENT_SEEDS]
-    chain.append(train_step("sibling", out, [*d, "--config", "recipes/mini14-bank.toml", *teachers], ["bank"],
+    chain.append(train_step("sibling", out, [*d, *teachers], ["bank"],
                             "mini14-bank-s0", extra))
     student = str(runs / "student-s0" / "dog_emotion.pkl")
     chain.append(Step("temperature", ["export.calibration", "--weights", student, "--data", data,
