@@ -16,6 +16,14 @@ TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "
 REAL_DATA = Path(__file__).resolve().parent.parent / "data" / "dog_emotion"
 
 
+def pytest_collection_modifyitems(items):
+    """`make test` runs the suite on two workers (pytest-xdist, --dist loadgroup): every test that
+    reads the shared export goes to one of them, so that export, the suite's longest setup, is made once."""
+    for item in items:
+        if "exported" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("export"))
+
+
 def load_serve():
     """web/serve.py as a module (web/ is a folder of the page, not a package)."""
     spec = importlib.util.spec_from_file_location("serve", Path(__file__).resolve().parent.parent / "web" / "serve.py")

@@ -334,7 +334,11 @@ def test_pte_and_tflite_of_a_small_generated_model_and_a_failed_check(nano_weigh
     (tmp_path / "out" / exporter.METADATA_SIDECAR).write_text('{"weights_sha256": "earlier"}')
     for name in ("dog_emotion.int8.pte", "dog_emotion.int8.tflite", "stale.txt"):
         (tmp_path / "out" / name).write_bytes(b"the earlier model")
-    rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False)
+    fp32, int8 = ["pte_fp32"], ["pte_int8", "pte_app_int8", "onnx_app_int8"]
+    if litert_installed():
+        fp32, int8 = fp32 + ["tflite_fp32"], int8 + ["tflite_int8", "tflite_app_int8"]
+    rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False,
+                                     formats=fp32 + int8)   # the rows checked here and those they start from
     assert not (tmp_path / "out" / "stale.txt").exists(), "the new set replaces the earlier one whole"
     meta = json.loads((tmp_path / "out" / exporter.METADATA_SIDECAR).read_text())
     assert meta["weights_sha256"] == load_weights(nano_weights)[1]["sha256"]
@@ -343,10 +347,7 @@ def test_pte_and_tflite_of_a_small_generated_model_and_a_failed_check(nano_weigh
     assert "`nano.pkl`" in card and "4 classes (angry, happy, relaxed, sad)" in card
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
     by_fmt = {r["format"]: r for r in rows}
-    fp32, int8 = ["pte_fp32"], ["pte_int8", "pte_app_int8", "onnx_app_int8"]
-    if litert_installed():
-        fp32, int8 = fp32 + ["tflite_fp32"], int8 + ["tflite_int8", "tflite_app_int8"]
-    else:
+    if not litert_installed():
         assert "tflite_fp32" not in by_fmt and "make venv-litert" in info["tflite"]
     for fmt in fp32:   # kept: it matches eager
         assert by_fmt[fmt]["max abs logit diff"] <= 1e-4 and by_fmt[fmt]["top-1 agreement (%)"] == 100
@@ -388,16 +389,14 @@ def test_a_tflite_file_that_differs_from_eager_is_refused_and_not_written(nano_w
 
 
 @pytest.mark.slow
-def test_export_without_flip_averaging(nano_weights, split_root, tmp_path, monkeypatch):
-    # the .tflite files are left out (their converter is checked on its own above; here it would add
-    # half a minute to check the same flip-less graph a fifth time)
-    monkeypatch.setattr(exporter, "LITERT_PYTHON", tmp_path / "no-litert" / "python")
+def test_export_without_flip_averaging(nano_weights, split_root, tmp_path):
     ckpt = torch.load(nano_weights, weights_only=True)
     ckpt["state_dict"]["classifier.weight"] *= 100  # logits that visibly depend on the input (a random net's barely do)
     ckpt["sha256"] = state_digest(ckpt["state_dict"])
     torch.save(ckpt, nano_weights)
+    fp32 = ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32")   # one program per runtime: the .tflite converter
     rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, flip_average=False,
-                                     temperature=False)
+                                     temperature=False, formats=list(fp32))   # is checked on its own above
     assert info["flip_average"] is False
     # no mirror image in any program: nothing of it left for portable kernels
     assert "aten.flip.default" not in info["pte_ops_outside_xnnpack"]["pte_fp32"]
@@ -409,7 +408,7 @@ def test_export_without_flip_averaging(nano_weights, split_root, tmp_path, monke
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     ref = make_runner("eager", model=single)(x)
     assert np.abs(ref - make_runner("eager", model=averaged)(x)).max() > 1e-3
-    for fmt in ("torchscript", "onnx_fp32", "ort_fp32", "pte_fp32"):
+    for fmt in fp32:
         np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt].file)(x), ref, atol=1e-4)
 
 
