@@ -5,6 +5,7 @@ photo and the .tflite in MediaPipe's ImageClassifier, the client apps use."""
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import litert_installed
@@ -68,3 +69,16 @@ def test_three_classes_of_twenty_photos_go_from_raw_folders_to_an_onnx_file(tmp_
     broken, ok = Classifier(export_dir / "dog_emotion.onnx").predict(tmp_path / "mixed")
     assert "broken.jpg" in broken["error"] and ok["label"] in CLASSES
     assert "bird" in (export_dir / "MODEL_CARD.md").read_text()
+
+
+def test_the_learning_curve_trains_each_size_on_that_many_photos_a_class_and_reads_test(split_root, tmp_path):
+    from train import learning_curve
+    learning_curve.main(["--data", str(split_root), "--sizes", "2", "0", "--epochs", "1", "--out", str(tmp_path / "lc")])
+    rows = json.loads((tmp_path / "lc" / "learning_curve.json").read_text())
+    assert [(r["run"], r["train photos a class"]) for r in rows] == [("n2-s0", 2), ("nall-s0", 4)]
+    linked = sorted(p.name for p in (tmp_path / "lc" / "data-2-s0" / "train" / "happy").iterdir())
+    assert len(linked) == 2 and set(linked) <= {p.name for p in (split_root / "train" / "happy").iterdir()}
+    assert len(list((tmp_path / "lc" / "data-2-s0" / "test").rglob("*.jpg"))) == 16   # val and test whole
+    assert (tmp_path / "lc" / "learning_curve.png").stat().st_size > 0
+    with pytest.raises(SystemExit):   # more photos than the class holds: one line naming the folder
+        learning_curve.main(["--data", str(split_root), "--sizes", "9", "--epochs", "1", "--out", str(tmp_path / "lc")])
