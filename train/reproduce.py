@@ -5,8 +5,11 @@ comparison of what came out with what ships.
 
     python -m train.reproduce [--data DIR] [--out artifacts/reproduce] [--jobs 2] [--plan] [--smoke]
 
-Every step writes under --out and is skipped when its output is complete; a stopped training run
-resumes from its last epoch, so the command picks up where a session ended. The plan, with each
+Every step writes under --out and records what it was made from (<out>/stamps/<step>.json: its
+command line, the data's content and the records of the steps it read); it is skipped only when its
+output is complete and loads and that record still holds, so outputs of other data, options or
+`--smoke`, or made before a step they read was redone, run again, as does every step after them. A
+stopped training run resumes from its last epoch, so the command picks up where a session ended. The plan, with each
 step's state and its time at the run log's pace, prints first. `--smoke` runs the same chain with
 a tiny model for one epoch (tests/test_reproduce.py). The steps and what they run are one table,
 `steps()`, read top to bottom.
@@ -14,6 +17,8 @@ a tiny model for one epoch (tests/test_reproduce.py). The steps and what they ru
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shlex
 import subprocess
 import sys
@@ -41,15 +46,54 @@ class Step:
     needs: list[str] = field(default_factory=list)
     logged_as: str = ""                   # the run log's run of the same step: its minutes estimate this one
     resumable: Path | None = None         # a training run's last.ckpt
-    complete: Callable[[Path], bool] = Path.is_file   # whether `output` says the step is done
+    complete: Callable[[Path], bool] = None   # whether `output` says the step is done (default: a JSON file that parses)
+    stamps: Path = Path()                 # the folder of every step's record of what it was made from
+    data_key: str = ""
+    upstream: list["Step"] = field(default_factory=list)   # the steps named in needs
+
+    @property
+    def stamp(self) -> Path:
+        return self.stamps / f"{self.name}.json"
+
+    def made_from(self) -> dict:
+        """What this step is made from now: its command, the data, and the records the steps it reads left."""
+        return {"argv": self.argv, "data": self.data_key,
+                "needs": {n: read_stamp(self.stamps / f"{n}.json") for n in self.needs}}
+
+    def stamp_holds(self) -> bool:
+        return (read_stamp(self.stamp) or {}).get("made_from") == self.made_from()
 
     def done(self) -> bool:
-        return self.complete(self.output)
+        """Done for these inputs: what it read is done, its record holds and its output loads."""
+        return all(u.done() for u in self.upstream) and self.stamp_holds() and (self.complete or loads_json)(self.output)
+
+
+def read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def loads_json(path: Path) -> bool:
+    return read_stamp(path) is not None
 
 
 def records_temperature(weights: Path) -> bool:
     """The temperature step writes into the student's weights file: done once that records one."""
-    return weights.is_file() and "calibration" in torch.load(weights, weights_only=True)
+    try:
+        return "calibration" in torch.load(weights, weights_only=True)
+    except Exception:   # missing or damaged: the step runs (again)
+        return False
+
+
+def data_key(root: Path) -> str:
+    """The data's content: every file's path under the root and its bytes (~1 s for the shipped set)."""
+    h = hashlib.sha1()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"|{path.relative_to(root)}|".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def train_step(name: str, out: Path, options: list[str], needs: list[str], logged_as: str, extra: list[str]) -> Step:
@@ -95,6 +139,9 @@ def steps(data: str, out: Path, smoke: bool = False) -> list[Step]:
     chain.append(Step("bench", ["benchmark.bench", "--weights", student, "--data", data, "--export-dir", str(out / "export"),
                                 "--out", str(out / "bench"), "--train-epochs", "0", *(["--quick"] if smoke else [])],
                       out / "bench" / "bench.json", ["export"]))
+    key, by_name = data_key(Path(data)), {s.name: s for s in chain}
+    for s in chain:
+        s.stamps, s.data_key, s.upstream = out / "stamps", key, [by_name[n] for n in s.needs]
     return chain
 
 
@@ -102,11 +149,26 @@ def logged_minutes() -> dict[str, float]:
     return {r["run"]: r["minutes"] for r in read_log(RUN_LOG)}
 
 
+def resume_epoch(step: Step) -> int | None:
+    """The epoch a stopped training run of this very step would resume after, or None: no
+    checkpoint, one of other inputs, or a damaged one (the run then starts afresh)."""
+    if step.resumable is None or not step.resumable.is_file() or not step.stamp_holds() \
+            or not all(u.done() for u in step.upstream):
+        return None
+    try:
+        return torch.load(step.resumable, weights_only=True, map_location="cpu").get("epoch", 0)
+    except Exception:
+        return None
+
+
 def state(step: Step) -> str:
     if step.done():
         return "done"
-    if step.resumable is not None and step.resumable.is_file():
-        return f"resumes at epoch {torch.load(step.resumable, weights_only=True, map_location='cpu').get('epoch', 0) + 1}"
+    epoch = resume_epoch(step)
+    if epoch is not None:
+        return f"resumes at epoch {epoch + 1}"
+    if step.stamp.is_file() or step.output.exists():
+        return "to run again (made from other inputs, or incomplete)"
     return "to run"
 
 
@@ -142,7 +204,12 @@ def run_chain(chain: list[Step], out: Path, jobs: int) -> None:
     while (pending or running) and not failed:
         done = {s.name for s in chain if s.name not in running and s.done()}
         for s in [s for s in pending if set(s.needs) <= done][:jobs - len(running)]:
-            argv = s.argv + (["--resume"] if s.resumable is not None and s.resumable.is_file() else [])
+            if resume_epoch(s) is not None:
+                argv = s.argv + ["--resume"]
+            else:   # afresh: a training run replaces what its folder held (another run of this chain's)
+                argv = s.argv + (["--force"] if s.resumable is not None and s.resumable.parent.exists() else [])
+                s.stamps.mkdir(parents=True, exist_ok=True)
+                s.stamp.write_text(json.dumps({"made_from": s.made_from(), "started": time.time()}))
             print(f"[{time.strftime('%H:%M:%S')}] start {s.name}: python -m {shlex.join(argv)}", flush=True)
             log = open(out / "logs" / f"{s.name}.log", "a")
             running[s.name] = (subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT), time.time())
