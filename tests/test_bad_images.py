@@ -211,3 +211,41 @@ def test_training_on_a_data_set_with_hostile_files_skips_them_and_lists_them(tmp
     listed = (out / "skipped.txt").read_text().splitlines()
     assert len(listed) == 2 and "bomb.png: " in listed[0] + listed[1] and "HEIC" in listed[0] + listed[1]
     assert "skipped 2 unreadable files" in capsys.readouterr().out
+
+
+def test_unreadable_and_huge_files_are_skipped_by_name_in_evaluate(tmp_path, capsys, monkeypatch):
+    """The cache key reads every file before the decoder: in chunks (a sparse 1 GB .jpg costs time,
+    not memory) and past a file it may not read; the decoder then names both and the rest evaluates."""
+    from conftest import write_split_root
+    from train import data as data_module
+    root = write_split_root(tmp_path / "d")
+    big, locked = root / "test" / "sad" / "big.jpg", root / "test" / "happy" / "locked.jpg"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)
+    make_image(99).save(locked)
+    real_open, real_image_open = open, Image.open
+
+    def refuse(path):   # chmod 000 as a non-root user (tests here may run as root, who reads anything)
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+
+    def no_permission(path, *a, **k):
+        refuse(path)
+        return real_open(path, *a, **k)
+
+    def no_permission_pil(fp, *a, **k):
+        refuse(fp)
+        return real_image_open(fp, *a, **k)
+
+    monkeypatch.setattr(data_module, "open", no_permission, raising=False)
+    monkeypatch.setattr(Image, "open", no_permission_pil)
+    run = tmp_path / "run"
+    dog_emotion.main(["train", "--data", str(root), "--out", str(run), "--epochs", "1", "--teacher", "--model", "nano",
+                      "--input-size", "32", "--batch-size", "8", "--threads", "1", "--cache-dir", str(tmp_path / "c")])
+    capsys.readouterr()
+    dog_emotion.main(["evaluate", "--data", str(root), "--weights", str(run / "dog_emotion.pkl")])
+    out = capsys.readouterr()
+    said = out.out + out.err
+    assert f"{big}: not an image PIL can read" in said and f"{locked}: cannot be read (permission denied)" in said
+    assert json.loads(out.out.strip().splitlines()[-1])["n"] == 16   # the 16 readable test photos
+

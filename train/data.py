@@ -228,6 +228,8 @@ def load_rgb(path: str | Path, min_side: int = 0) -> Image.Image:
         raise BadImage(f"{path}: {e}") from None
     except UnidentifiedImageError:
         raise BadImage(f"{path}: {_unreadable_format(path)}") from None
+    except PermissionError:
+        raise BadImage(f"{path}: cannot be read (permission denied)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise BadImage(f"{path}: corrupt or truncated image ({e})") from None
     except Exception as e:  # noqa: BLE001 - a decoder bug on a hostile file must not end a run
@@ -323,7 +325,12 @@ def content_key(items: list[tuple[Path, int]], classes: list[str], size: int, fr
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{','.join(classes)}{framed}".encode())
     for path, label in items:
         h.update(f"|{path.name}|{label}|".encode())
-        h.update(path.read_bytes())
+        try:   # in chunks (the same hash as the bytes whole): a huge file costs time, not memory
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+        except OSError as e:   # unreadable: decoding skips it by name
+            h.update(f"unreadable {e.errno}".encode())
     return h.hexdigest()[:16]
 
 
