@@ -46,6 +46,21 @@ def _quantize(model: torch.nn.Module, input_size: int, calib_batches, app: bool)
     return convert_pt2e(prepared)
 
 
+class OwnSizeOnly(torch.nn.Module):
+    """An app form that refuses a bitmap of another size. The ExecuTorch runtime resizes a program's
+    input to whatever an app hands it and XNNPACK answers (a 600 x 600 crop gave a confident label);
+    adding a zero tensor of the input's own shape (uint8, a portable kernel) makes any other size
+    a broadcast error instead."""
+
+    def __init__(self, model: torch.nn.Module, size: int):
+        super().__init__()
+        self.model, self.config = model, model.config
+        self.register_buffer("zero", torch.zeros(1, size, size, 3, dtype=torch.uint8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x + self.zero)
+
+
 def export_pte(model: torch.nn.Module, path: Path, metadata: dict, calib_batches=None, app: bool = False) -> list[str]:
     """Write the XNNPACK-lowered program, with `metadata` as its METADATA_METHOD, to `path` (INT8
     when calib_batches are given; `app`: the model is an app form, uint8 NHWC in); return the
@@ -53,6 +68,8 @@ def export_pte(model: torch.nn.Module, path: Path, metadata: dict, calib_batches
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     size = model.config.input_size
+    if app:
+        model = OwnSizeOnly(model, size)
     if calib_batches is not None:
         model = _quantize(model, size, calib_batches, app)
     edge = to_edge_transform_and_lower(_export(model, size, app), partitioner=[XnnpackPartitioner()],

@@ -334,7 +334,7 @@ def test_pte_and_tflite_of_a_small_generated_model_and_a_failed_check(nano_weigh
     (tmp_path / "out" / exporter.METADATA_SIDECAR).write_text('{"weights_sha256": "earlier"}')
     for name in ("dog_emotion.int8.pte", "dog_emotion.int8.tflite", "stale.txt"):
         (tmp_path / "out" / name).write_bytes(b"the earlier model")
-    fp32, int8 = ["pte_fp32"], ["pte_int8", "pte_app_int8", "onnx_app_int8"]
+    fp32, int8 = ["pte_fp32", "pte_app"], ["pte_int8", "pte_app_int8", "onnx_app_int8"]
     if litert_installed():
         fp32, int8 = fp32 + ["tflite_fp32"], int8 + ["tflite_int8", "tflite_app_int8"]
     rows, info = exporter.run_export(str(nano_weights), str(split_root), tmp_path / "out", 16, 0, temperature=False,
@@ -356,9 +356,16 @@ def test_pte_and_tflite_of_a_small_generated_model_and_a_failed_check(nano_weigh
         assert by_fmt[fmt]["kept"] == "no" and not (tmp_path / "out" / FORMATS[fmt].file).exists()
     assert not list((tmp_path / "out").glob(".*.tmp"))
     # the FP32 programs run through their runtimes like eager, batch 1 and batch 32
+    # the app form takes its own size only: the runtime would resize its input to any other and answer
+    from executorch.runtime import Runtime
+    app = Runtime.get().load_program(str(tmp_path / "out" / FORMATS["pte_app"].file)).load_method("forward")
+    assert app.execute([torch.zeros(1, 32, 32, 3, dtype=torch.uint8)])[0].shape == (1, 4)
+    for n in (16, 48):
+        with pytest.raises(RuntimeError):
+            app.execute([torch.zeros(1, n, n, 3, dtype=torch.uint8)])
     for batch in (1, 32):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
-        for fmt in fp32:
+        for fmt in (f for f in fp32 if f != "pte_app"):
             np.testing.assert_allclose(make_runner(fmt, tmp_path / "out" / FORMATS[fmt].file)(x),
                                        make_runner("eager", model=load_weights(nano_weights)[0])(x), atol=1e-4)
     (tmp_path / "bad.pte").write_bytes(b"not a program")
