@@ -46,7 +46,7 @@ from export.runtimes import batched_logits, make_runner, model_inputs
 from train.checkpoint import load_for_export, load_weights, save_weights
 from train.common import (ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS, ProjectError, accuracy, at_least, command_errors, cpu_description,
                           markdown_table, save_json, save_text, save_torch, temp_path)
-from train.data import DEFAULT_DATA, DecodedSplit, check_data_root, load_for_model, preprocess_spec
+from train.data import DEFAULT_DATA, DecodedSplit, check_data_root, class_names, load_for_model, preprocess_spec
 
 OPSET = 18
 FP32_ATOL = 1e-4
@@ -404,12 +404,16 @@ def calibrate(model, ckpt: dict, val: DecodedSplit, test: DecodedSplit, weights:
 def prepare_job(weights: str, data: str, out: Path, calib_count: int, seed: int, flip_average: bool,
                 temperature: bool = True) -> ExportJob:
     model, ckpt = load_for_export(weights, flip_average)
+    root = check_data_root(data)
+    if sorted(ckpt["classes"]) != class_names(root):   # parity, calibration and the card's numbers need the model's own data
+        raise ExportError(f"{weights} classifies {', '.join(ckpt['classes'])}, but {root} holds the classes "
+                          f"{', '.join(class_names(root))}: pass the data the model was trained on "
+                          f"(make export WEIGHTS={weights} DATA=<its split root>)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         temp_path(out / "probe").unlink()
     except OSError as e:
         raise ExportError(f"{out}: output folder is not writable ({e.strerror})") from None
-    root = check_data_root(data)
     test, val, train = (load_for_model(root / s, ckpt["classes"], model.config, ARTIFACTS / "cache")
                         for s in ("test", "val", "train"))
     calib = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:calib_count]]

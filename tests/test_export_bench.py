@@ -24,7 +24,7 @@ from train.checkpoint import load_for_export, load_weights, state_digest
 from train import dog_emotion
 from train.common import ARTIFACTS, REPO_ROOT, SHIPPED_WEIGHTS
 from train.data import DataError, load_for_model, preprocess_spec
-from conftest import litert_installed
+from conftest import litert_installed, write_split_root
 
 
 def test_profile_agrees_with_flopcounter_and_count_parameters():
@@ -619,3 +619,15 @@ def test_one_classifier_for_every_exported_file_gives_the_weights_probabilities(
     onnx.save(m, str(tmp_path / "three.onnx"))
     with pytest.raises(DataError, match="gives 3 outputs but its metadata names 4 classes"):
         Classifier(tmp_path / "three.onnx")
+
+
+def test_an_export_refuses_data_of_other_classes(tmp_path):
+    from train.checkpoint import save_weights
+    from dataclasses import replace
+    from mobile_model import MobileCNN, get_config
+    weights = save_weights(MobileCNN(replace(get_config("nano"), num_classes=3)), ["cat", "dog", "fox"], tmp_path / "three.pkl")
+    root = write_split_root(tmp_path / "d")   # the four dog-emotion classes
+    with pytest.raises(exporter.ExportError, match=r"three.pkl classifies cat, dog, fox, but .* holds the classes "
+                                                   r"angry, happy, relaxed, sad: pass the data the model was trained on"):
+        exporter.run_export(str(weights), str(root), tmp_path / "out", 8, 0)
+    assert not (tmp_path / "out").exists()   # nothing written
