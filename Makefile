@@ -137,7 +137,7 @@ temperature: $(STAMP) data $(SIBLING) ## record in WEIGHTS the temperature fitte
 artifacts/export/dog_emotion.onnx: $(WEIGHTS) | $(STAMP) data
 	$(PY) -m export.export --weights $(WEIGHTS) --data $(DATA)
 
-bench: $(STAMP) data artifacts/export/dog_emotion.onnx ## latency/throughput of every format, pipeline and MNIST ratios, training epoch time 1x1, 1x2, 2 procs x1 -> artifacts/bench/
+bench: $(STAMP) data artifacts/export/dog_emotion.onnx ## latency/throughput of every format, pipeline and MNIST ratios, export time (ARGS='--train-epochs 2': training epoch time 1x1, 1x2, 2 procs x1) -> artifacts/bench/
 	$(PY) -m benchmark.bench --weights $(WEIGHTS) --data $(DATA) $(if $(RECIPE),--recipe $(RECIPE)) $(ARGS)
 
 # The browser demo: onnxruntime-web from web/package-lock.json, the exported models beside the page.

@@ -42,8 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                                     "files exported with --no-flip-average (default: off)")
     ap.add_argument("--recipe", default="", help="training recipe that part 4 times (default: none, the train command's "
                                                 "defaults: the shipped model's recipe)")
-    ap.add_argument("--train-epochs", type=int, default=2, help="epochs per training layout; the first is not timed "
-                                                                 "when there are more; 0 skips part 4 (default: %(default)s)")
+    ap.add_argument("--train-epochs", type=int, default=0, help="epochs per training layout (part 4; 2 or more: the first "
+                                                                 "is not timed; a few minutes, plus the recipe's teacher "
+                                                                 "bank once per machine); 0 skips part 4 (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="few runs and images, a tiny model in part 4: for tests and CI")
     return ap
 

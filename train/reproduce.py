@@ -137,7 +137,7 @@ def steps(data: str, out: Path, smoke: bool = False) -> list[Step]:
                                  *(SMOKE_EXPORT if smoke else [])],
                       out / "export" / "dog_emotion.meta.json", ["temperature"]))
     chain.append(Step("bench", ["benchmark.bench", "--weights", student, "--data", data, "--export-dir", str(out / "export"),
-                                "--out", str(out / "bench"), "--train-epochs", "0", *(["--quick"] if smoke else [])],
+                                "--out", str(out / "bench"), *(["--quick"] if smoke else [])],
                       out / "bench" / "bench.json", ["export"]))
     key, by_name = data_key(Path(data)), {s.name: s for s in chain}
     for s in chain:
