@@ -26,7 +26,7 @@ RECIPE_ARGS = $(if $(RECIPE),--config $(RECIPE)) $(if $(SEED),--seed $(SEED))
 # (train.common.keep_freed_memory), so `python -m train.dog_emotion train` runs at the same speed.
 
 .DEFAULT_GOAL := help
-.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers reproduce results demo eda prepare-data evaluate profile temperature export model-card bench mnist lr-sweep vgg test clean
+.PHONY: help venv venv-litert data predict train train-quick train-ddp teacher teachers reproduce learning-curve results demo eda prepare-data evaluate profile temperature export model-card bench mnist lr-sweep vgg test clean
 
 help: ## list every target with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -97,6 +97,11 @@ artifacts/runs/%/dog_emotion.pkl: | $(STAMP) data
 # The teacher ensemble past `make teacher` (seed 0), as train.recipes.SHIPPED_TEACHERS names it.
 teachers: $(STAMP) data ## the teacher ensemble's other three members from scratch, two at a time, one thread each (resumable) -> artifacts/runs/large-s1, large-s2, teacher-large128-s3/
 	$(MAKE) -j2 $$($(PY) -c 'from train.recipes import SHIPPED_TEACHERS as t; print(*(f"artifacts/runs/{r.name}/dog_emotion.pkl" for r in t[1:]))')
+
+# Two processes, one thread each: the four small sizes in one (about 50 min), the whole train split in the other
+learning-curve: $(STAMP) data ## test accuracy of the default recipe (no teacher) against train photos a class (30, 60, 150, 300, all), resumable -> artifacts/learning_curve/
+	$(PY) -m train.learning_curve --data $(DATA) --sizes 30 60 150 300 $(ARGS) & \
+	$(PY) -m train.learning_curve --data $(DATA) --sizes 0 $(ARGS); s=$$?; wait $$! && exit $$s
 
 results: $(STAMP) ## docs/results.md's size and run tables and docs/frontier.png, from the run log docs/runs.jsonl
 	$(PY) -m train.results render
