@@ -16,6 +16,8 @@ import io
 import zipfile
 from pathlib import Path
 
+from train.common import ProjectError
+
 TFLITE_METADATA = "TFLITE_METADATA"   # the name readers look up (MetadataPopulator.METADATA_FIELD_NAME)
 LABEL_FILE = "labels.txt"
 LICENSE = "MIT"
@@ -61,7 +63,7 @@ def label_file(classes: list[str]) -> bytes:
     every label after it, so it is refused."""
     bad = [c for c in classes if "\n" in c or "\r" in c]
     if bad:
-        raise ValueError(f"class names {bad!r} hold a line break: a label file cannot carry them")
+        raise ProjectError(f"class names {bad!r} hold a line break: a label file cannot carry them")
     return "".join(f"{c}\n" for c in classes).encode()
 
 

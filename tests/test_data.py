@@ -326,3 +326,17 @@ def test_prepare_data_skips_a_file_filed_under_two_classes(tmp_path, capsys):
         assert hashlib.sha1((raw / "sad" / "3.jpg").read_bytes()).hexdigest() not in f.read()
     with pytest.raises(DataError, match="no image would go to train"):
         prepare(raw, tmp_path / "none", 0.5, 0.5, 20, 64)
+
+
+def test_a_class_folder_name_with_a_line_break_is_refused_by_name(tmp_path):
+    from export.client_metadata import label_file
+    from train.common import ProjectError
+    from train.data import DataError, class_names
+    for split in ("train", "test"):
+        (tmp_path / split / "happy").mkdir(parents=True)
+        (tmp_path / split / "sad\nangry").mkdir()
+    with pytest.raises(DataError, match=r"class folder name 'sad\\nangry' holds a line break"):
+        class_names(tmp_path)
+    with pytest.raises(ProjectError, match="hold a line break"):   # weights from elsewhere: the export says so
+        label_file(["happy", "sad\nangry"])
+    assert label_file(["happy", "sad"]) == b"happy\nsad\n"

@@ -75,6 +75,10 @@ def class_names(root: Path) -> list[str]:
     """Class folders of a split root (union over splits) or of a flat class-per-folder root."""
     roots = [root / s for s in SPLITS if (root / s).is_dir()] if is_split_root(root) else [root]
     names = sorted({d.name for r in roots for d in r.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    odd = [n for n in names if any(ord(ch) < 32 for ch in n)]
+    if odd:   # a label file (the app's labels.txt) holds one name a line
+        raise DataError(f"{root}: class folder name {odd[0]!r} holds a line break or other control character; "
+                        "rename the folder (a class name becomes a line of the app's label file)")
     if not names:
         raise DataError(f"{root}: no class folders found (expected <class>/ or "
                         f"{{train,val,test}}/<class>/ with images inside). {KAGGLE_HINT}")
