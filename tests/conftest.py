@@ -16,6 +16,7 @@ TINY = ["--teacher", "--train-on", "train", "--model", "nano", "--input-size", "
 REAL_DATA = Path(__file__).resolve().parent.parent / "data" / "dog_emotion"
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """`make test` runs the suite on two workers (pytest-xdist, --dist loadgroup): every test that
     reads the shared export goes to one of them, so that export, the suite's longest setup, is made once."""

@@ -206,7 +206,8 @@ def test_formats_bring_the_rows_they_start_from_in_the_tables_order():
 
 def test_bench_refuses_a_missing_recipe_before_timing_anything(tmp_path):
     with pytest.raises(SystemExit, match="recipe .*nope.toml: No such file"):
-        bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--recipe", str(tmp_path / "nope.toml")])
+        bench.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--recipe", str(tmp_path / "nope.toml"),
+                    "--train-epochs", "2"])
     assert not (tmp_path / "b").exists()
 
 

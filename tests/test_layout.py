@@ -7,7 +7,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The commands: argparse front ends over the library, run as `python -m ...` (Makefile targets);
 # nothing imports them but the tests.
 COMMANDS = {"train.dog_emotion", "train.reproduce", "train.results", "train.eda", "train.prepare_data",
-            "benchmark.bench", "export.export", "train.bank"}
+            "benchmark.bench", "export.export", "train.bank", "train.learning_curve"}
 
 
 def project_modules() -> dict[str, Path]:
