@@ -214,7 +214,7 @@ def test_bench_refuses_a_missing_recipe_before_timing_anything(tmp_path):
 @pytest.mark.slow
 def test_bench_quick_end_to_end(exported, tmp_path):
     out, export_rows, _ = exported
-    bench.main(["--export-dir", str(out), "--out", str(tmp_path / "b"), "--quick", "--threads", "1", "--train-epochs", "1"])
+    bench.main(["--export-dir", str(out), "--out", str(tmp_path / "b"), "--quick", "--threads", "1"])
     saved = json.loads((tmp_path / "b" / "bench.json").read_text())
     rows = {r["format"]: r for r in saved["inference"]}
     assert list(rows) == [f for f in inference.ROW_FORMATS if f == "eager" or (out / FORMATS[f].file).is_file()]
@@ -227,13 +227,9 @@ def test_bench_quick_end_to_end(exported, tmp_path):
             assert r["size_kb"] == pytest.approx((out / FORMATS[fmt].file).stat().st_size / 1000, abs=0.1), fmt
     assert rows["eager"]["p50_vs_eager"] == 1.0 and rows["onnx_fp32"]["p50_vs_eager"] == pytest.approx(
         rows["onnx_fp32"]["p50_ms"] / rows["eager"]["p50_ms"])
-    # every key snake_case; units only in the Markdown titles
-    # the three training layouts, each a real run (torchrun; DDP for 2 processes), 64 images per step
-    training = saved["training"]
-    assert [(r["processes"], r["threads"]) for r in training] == list(training_layouts.LAYOUTS)
-    assert all(r["batch_per_process"] * r["processes"] == 64 and r["epoch_s"] > 0 for r in training)
-    assert training[0]["speed_up"] == 1.0
-    keys = set(rows["eager"]) | set(saved["input_pipeline"]) | set(saved["mnist"]) | set(training[0])
+    # every key snake_case; units only in the Markdown titles; part 4 (training) only when asked for
+    assert saved["training"] == [] and "training epoch" not in (tmp_path / "b" / "bench.md").read_text().lower()
+    keys = set(rows["eager"]) | set(saved["input_pipeline"]) | set(saved["mnist"])
     assert all(k.replace("_", "").isalnum() and k.islower() for k in keys), keys
     md = (tmp_path / "b" / "bench.md").read_text()
     assert "| p50 (ms) |" in md and all(f"| {fmt} | 1 |" in md for fmt in rows)
@@ -250,6 +246,17 @@ def test_bench_quick_end_to_end(exported, tmp_path):
     assert model_card.speed_rows(tmp_path / "b" / "bench.json", "other weights")[0] == [], "another model's timings"
     assert [r["format"] for r in card_rows] == list(rows) and "(QUICK)" in source
     assert all(float(r["batch 1 p50 (ms)"]) > 0 and float(r["batch 32 (img/s)"]) > 0 for r in card_rows)
+
+
+@pytest.mark.slow
+def test_the_training_layouts_each_run_a_real_epoch(real_data):
+    # bench part 4 (--train-epochs N): three layouts, each a real run (torchrun; DDP for 2 processes),
+    # the same images per step
+    training = training_layouts.bench_training("", str(real_data), 1, quick=True)
+    assert [(r["processes"], r["threads"]) for r in training] == list(training_layouts.LAYOUTS)
+    assert all(r["batch_per_process"] * r["processes"] == 64 and r["epoch_s"] > 0 for r in training)
+    assert training[0]["speed_up"] == 1.0
+    assert all(k.replace("_", "").isalnum() and k.islower() for k in training[0]), training[0]
 
 
 def test_contention_counts_other_processes_and_steal_but_not_the_benchmarks_own_time():

@@ -17,9 +17,10 @@ import random
 import shutil
 from pathlib import Path
 
-from train import dog_emotion
+from train import engine
 from train.common import ARTIFACTS, at_least, command_errors, markdown_table, save_json, save_text
 from train.data import DEFAULT_DATA, IMAGE_EXTENSIONS, DataError, check_data_root, class_names
+from train.recipes import parse_train_args
 from train.scoring import wilson_interval
 
 
@@ -49,9 +50,9 @@ def train_size(data: Path, out: Path, per_class: int, seed: int, epochs: int) ->
     """One point of the curve: the run's metrics, trained (or resumed) unless finished."""
     run = out / "runs" / f"n{per_class or 'all'}-s{seed}"
     if not (run / "metrics.json").is_file():
-        dog_emotion.main(["train", "--data", str(subset(data, out, per_class, seed)), "--teacher", "--seed", str(seed),
-                          "--epochs", str(epochs), "--threads", "1", "--out", str(run), "--cache-dir", str(out / "cache"),
-                          *(["--resume"] if (run / "last.ckpt").is_file() else [])])
+        engine.fit(parse_train_args(["--data", str(subset(data, out, per_class, seed)), "--teacher", "--seed", str(seed),
+                                     "--epochs", str(epochs), "--threads", "1", "--out", str(run), "--cache-dir",
+                                     str(out / "cache"), *(["--resume"] if (run / "last.ckpt").is_file() else [])]))
     return json.loads((run / "metrics.json").read_text())
 
 
