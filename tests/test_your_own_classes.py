@@ -30,6 +30,8 @@ def test_three_classes_of_twenty_photos_go_from_raw_folders_to_an_onnx_file(tmp_
 
     prepare_data.main(["--raw", str(raw), "--out", str(data)])
     assert sorted(p.name for p in (data / "test").iterdir()) == CLASSES
+    n_test = sum(1 for _ in (data / "test").rglob("*.jpg"))
+    assert f"test holds {n_test} photos: a 70% test accuracy on them has a 95% interval of" in capsys.readouterr().out
 
     # the shipped recipe's defaults: its dog-emotion teacher cannot teach these classes and 64 is
     # more than the photos, so it trains without the teacher and with a smaller batch, and says so

@@ -27,6 +27,7 @@ from PIL import Image
 
 from train.common import at_least, command_errors, fraction, progress, temp_path, warn
 from train.data import BadImage, DataError, check_data_root, class_names, list_images, load_rgb
+from train.scoring import wilson_interval
 
 
 def dhash_bits(img: Image.Image, side: int = 16) -> np.ndarray:
@@ -120,6 +121,10 @@ def prepare(raw: Path, out: Path, val_frac: float, test_frac: float, near_bits: 
     how = (f"per class: test {test_count}, val {val_count}, the rest train" if val_count or test_count
            else f"by SHA-1 fraction: test {test_frac:g}, val {val_frac:g}")
     print(f"{raw} -> {out} (split {how}): " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    if counts["test"]:   # what a test number on this split will be worth
+        lo, hi = wilson_interval(round(0.7 * counts["test"]), counts["test"])
+        print(f"test holds {counts['test']} photos: a 70% test accuracy on them has a 95% interval of {lo:.0f}-{hi:.0f}%"
+              + ("; more test photos narrow it (--test-count, --test-frac)" if hi - lo > 15 else ""))
     return summary
 
 
