@@ -164,7 +164,7 @@ lr-sweep: $(STAMP) ## learning-rate study of the from-scratch network -> artifac
 vgg: $(STAMP) data ## VGG16 predictions and first-layer filters (needs the ImageNet weights file; ARGS='--weights random' without) -> artifacts/vgg/
 	$(PY) -m train.vgg_filters $(ARGS)
 
-test: $(STAMP) data ## run the test suite (pytest on two workers, about 6 minutes on 2 cores)
+test: $(STAMP) data ## run the test suite (pytest on two workers, about 7 minutes on 2 cores)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests $(ARGS)
 
 clean: ## remove generated files (artifacts/), keep the venv and weights/
