@@ -30,12 +30,23 @@ from pathlib import Path
 import torch
 
 from train.common import ARTIFACTS, REPO_ROOT, RUN_LOG, SHIPPED_WEIGHTS, at_least, command_errors, markdown_table
-from train.data import DEFAULT_DATA, DataError, check_data_root
+from train.data import DEFAULT_DATA, DataError, check_data_root, file_digest
 from train.recipes import SHIP_RUN_OPTIONS, SHIPPED_TEACHERS
 from train.runlog import mean_sd, read_log
 from train.scoring import test_accuracy
 
 STUDENT_SEEDS = (0, 1, 2)   # the shipped recipe's seeds: seed 0 ships (declared in advance), 1 and 2 give the spread
+
+
+def read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def loads_json(path: Path) -> bool:
+    return read_stamp(path) is not None
 
 
 @dataclass
@@ -46,7 +57,7 @@ class Step:
     needs: list[str] = field(default_factory=list)
     logged_as: str = ""                   # the run log's run of the same step: its minutes estimate this one
     resumable: Path | None = None         # a training run's last.ckpt
-    complete: Callable[[Path], bool] = None   # whether `output` says the step is done (default: a JSON file that parses)
+    complete: Callable[[Path], bool] = loads_json   # whether `output` says the step is done
     stamps: Path = Path()                 # the folder of every step's record of what it was made from
     data_key: str = ""
     upstream: list["Step"] = field(default_factory=list)   # the steps named in needs
@@ -65,18 +76,7 @@ class Step:
 
     def done(self) -> bool:
         """Done for these inputs: what it read is done, its record holds and its output loads."""
-        return all(u.done() for u in self.upstream) and self.stamp_holds() and (self.complete or loads_json)(self.output)
-
-
-def read_stamp(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def loads_json(path: Path) -> bool:
-    return read_stamp(path) is not None
+        return all(u.done() for u in self.upstream) and self.stamp_holds() and self.complete(self.output)
 
 
 def records_temperature(weights: Path) -> bool:
@@ -88,11 +88,15 @@ def records_temperature(weights: Path) -> bool:
 
 
 def data_key(root: Path) -> str:
-    """The data's content: every file's path under the root and its bytes (~1 s for the shipped set)."""
+    """The data's content: every file's path under the root and its bytes (~1 s for the shipped set;
+    read in chunks, and an unreadable file counts by its error)."""
     h = hashlib.sha1()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(f"|{path.relative_to(root)}|".encode())
-        h.update(path.read_bytes())
+        try:
+            h.update(file_digest(path).encode())
+        except OSError as e:
+            h.update(f"unreadable {e.errno}".encode())
     return h.hexdigest()[:16]
 
 
