@@ -330,9 +330,7 @@ def content_key(items: list[tuple[Path, int]], classes: list[str], size: int, fr
     for path, label in items:
         h.update(f"|{path.name}|{label}|".encode())
         try:   # in chunks (the same hash as the bytes whole): a huge file costs time, not memory
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
+            hash_file(h, path)
         except OSError as e:   # unreadable: decoding skips it by name
             h.update(f"unreadable {e.errno}".encode())
     return h.hexdigest()[:16]
@@ -363,12 +361,17 @@ def decode_items(items: list[tuple[Path, int]], classes: list[str], size: int, d
     return DecodedSplit(stacked, torch.tensor(labels, dtype=torch.long), classes, paths, skipped)
 
 
-def file_digest(path: Path) -> str:
-    """sha1 of a file's bytes, read in chunks: a cache file is checked before its images are used."""
-    h = hashlib.sha1()
+def hash_file(h, path: Path) -> None:
+    """Feed a file's bytes to the hash `h` in chunks: a huge file costs time, not memory."""
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
+
+
+def file_digest(path: Path) -> str:
+    """sha1 of a file's bytes, read in chunks: a cache file is checked before its images are used."""
+    h = hashlib.sha1()
+    hash_file(h, path)
     return h.hexdigest()
 
 
